@@ -1,0 +1,32 @@
+"""Bottleneck adapters for Hugging Face PEFT.
+
+``import peft_bottleneck`` registers the tuner types with PEFT; after that ``get_peft_model``,
+``PeftModel.from_pretrained``, ``AutoPeftModelFor*`` and transformers' ``load_adapter`` know them.
+"""
+
+from .activations import ALLOWED_NON_LINEARITIES
+from .routing import BASE_ROUTE, Routing
+from .tuners import (
+    AdapterConfigBase,
+    BottleneckConfig,
+    BottleneckLayer,
+    BottleneckModel,
+    ParallelAdapterConfig,
+    ParallelAdapterLayer,
+    ParallelAdapterModel,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALLOWED_NON_LINEARITIES",
+    "BASE_ROUTE",
+    "AdapterConfigBase",
+    "BottleneckConfig",
+    "BottleneckLayer",
+    "BottleneckModel",
+    "ParallelAdapterConfig",
+    "ParallelAdapterLayer",
+    "ParallelAdapterModel",
+    "Routing",
+]
