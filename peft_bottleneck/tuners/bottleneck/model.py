@@ -26,6 +26,14 @@ class BottleneckModel(BaseTuner):
     tuner_layer_cls = BottleneckLayer
     target_module_mapping: dict = {}  # positions come from `target_modules.ADAPTER_POSITIONS` by placement
 
+    model_card_tags = ("peft-bottleneck",)
+
+    def _post_injection_hook(self, model, config, adapter_name) -> None:
+        # transformers models carry tags into the model card PEFT writes on save: name the type there, since a
+        # process that never imported us cannot resolve it from adapter_config.json
+        if hasattr(model, "add_model_tags"):
+            model.add_model_tags([*self.model_card_tags, config.peft_type.value.lower()])
+
     def _prepare_adapter_config(self, peft_config, model_config):
         if peft_config.target_modules is None:
             positions = positions_for(model_config.get("model_type"), type(peft_config).__name__)

@@ -24,6 +24,8 @@ class ParallelAdapterLayer(BottleneckLayer):
         adapter_in_features = _projection_dims(input_source)[0] if input_source is not None else None
         super().__init__(base_layer, adapter_name, config, adapter_in_features=adapter_in_features, **kwargs)
         self._tapped_input: Optional[torch.Tensor] = None
+        # a plain flag for forward: torch.compile cannot trace the hook handle itself
+        self.reads_tapped_input = input_source is not None
         self._input_tap = None
         if input_source is not None:
             self._input_tap = input_source.register_forward_pre_hook(self._store_input, with_kwargs=True)
@@ -38,10 +40,11 @@ class ParallelAdapterLayer(BottleneckLayer):
         if self._input_tap is not None:
             self._input_tap.remove()
             self._input_tap = None
+        self.reads_tapped_input = False
         self._tapped_input = None
 
     def take_adapter_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self._input_tap is None:
+        if not self.reads_tapped_input:
             return x
         tapped, self._tapped_input = self._tapped_input, None
         if tapped is None:

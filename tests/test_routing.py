@@ -1,0 +1,113 @@
+"""Mixed batches: `adapter_names=[...]` routes each example to its adapter in forward and generate."""
+
+import pytest
+import torch
+from conftest import task_type, tiny_inputs, tiny_model
+from peft import get_peft_model
+
+from peft_bottleneck import BottleneckConfig, ParallelAdapterConfig, Routing
+
+
+def two_adapter_model(model_type, config_cls=BottleneckConfig, **second):
+    model = get_peft_model(tiny_model(model_type), config_cls(task_type=task_type(model_type), init_weights=False))
+    model.add_adapter("other", config_cls(task_type=task_type(model_type), init_weights=False, **second))
+    return model.eval()
+
+
+def each_alone(model, inputs, names, run):
+    rows = []
+    for i, name in enumerate(names):
+        single = {k: v[i : i + 1] for k, v in inputs.items()}
+        if name == "__base__":
+            with model.disable_adapter():
+                rows.append(run(single))
+        else:
+            model.set_adapter(name)
+            rows.append(run(single))
+    model.set_adapter("default")
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "llama", "t5", "gpt2"])
+@pytest.mark.parametrize("config_cls", [BottleneckConfig, ParallelAdapterConfig])
+def test_mixed_batch_forward_equals_each_example_alone(model_type, config_cls):
+    # the second adapter differs in width and activation, so padding and per-activation routing are exercised
+    model = two_adapter_model(model_type, config_cls, bottleneck_size=3, non_linearity="tanh")
+    names = ["default", "other", "__base__", "other"]
+    inputs = tiny_inputs(model_type, batch=len(names))
+    with torch.no_grad():
+        mixed = model(**inputs, adapter_names=names).logits
+        alone = each_alone(model, inputs, names, lambda b: model(**b).logits)
+    assert torch.allclose(mixed, alone, atol=1e-5)
+    # routing does not outlive the call
+    assert all(m._routing is None for m in model.base_model.tuner_layers())
+
+
+def test_base_rows_are_bit_identical_to_the_base_model():
+    model = two_adapter_model("bert")
+    inputs = tiny_inputs("bert", batch=2)
+    with torch.no_grad():
+        mixed = model(**inputs, adapter_names=["__base__", "other"]).logits
+        with model.disable_adapter():
+            base = model(**inputs).logits
+    assert torch.equal(mixed[0], base[0])
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_mixed_generate_greedy_decoder_only(model_type):
+    model = two_adapter_model(model_type)
+    names = ["other", "default", "__base__"]
+    inputs = tiny_inputs(model_type, batch=3)
+    kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        mixed = model.generate(**inputs, adapter_names=names, **kwargs)
+        alone = each_alone(model, inputs, names, lambda b: model.generate(**b, **kwargs))
+    assert torch.equal(mixed, alone)
+
+
+@pytest.mark.parametrize("model_type", ["t5", "bart"])
+def test_mixed_generate_beam_search_encoder_decoder(model_type):
+    model = two_adapter_model(model_type)
+    names = ["other", "__base__", "default"]
+    inputs = {k: v for k, v in tiny_inputs(model_type, batch=3).items() if not k.startswith("decoder")}
+    kwargs = dict(max_new_tokens=4, num_beams=3, do_sample=False, early_stopping=False)
+    with torch.no_grad():
+        mixed = model.generate(**inputs, adapter_names=names, **kwargs)
+        alone = each_alone(model, inputs, names, lambda b: model.generate(**b, **kwargs))
+    assert torch.equal(mixed, alone)
+
+
+def test_mixed_generate_sampling_with_several_return_sequences():
+    model = two_adapter_model("llama")
+    inputs = tiny_inputs("llama", batch=2)
+    with torch.no_grad():
+        out = model.generate(**inputs, adapter_names=["other", "default"], do_sample=True, num_return_sequences=3,
+                             max_new_tokens=3, pad_token_id=0)
+    assert out.shape[0] == 6
+
+
+def test_unknown_adapter_name_is_a_clear_error():
+    model = two_adapter_model("bert")
+    with pytest.raises(ValueError, match=r"unknown adapter\(s\) \['nope'\].*\['default', 'other'\]"):
+        model(**tiny_inputs("bert", batch=2), adapter_names=["nope", "default"])
+
+
+def test_adapter_names_in_training_mode_is_refused():
+    model = two_adapter_model("bert").train()
+    with pytest.raises(ValueError, match="model.eval"):
+        model(**tiny_inputs("bert", batch=2), adapter_names=["other", "default"])
+
+
+def test_wrong_number_of_names_is_a_clear_error():
+    model = two_adapter_model("bert")
+    with pytest.raises(ValueError, match="one adapter name per example"):
+        model(**tiny_inputs("bert", batch=3), adapter_names=["other", "default"])
+
+
+def test_routing_codes_and_beam_expansion():
+    routing = Routing.from_names(["b", "a", "b"], available={"a", "b"})
+    assert routing.names == ("b", "a")
+    assert routing.codes.tolist() == [0, 1, 0]
+    assert routing.codes_for_batch(6, torch.device("cpu")).tolist() == [0, 0, 1, 1, 0, 0]
+    with pytest.raises(TypeError):
+        Routing.from_names("a", available={"a"})
