@@ -1,4 +1,5 @@
 from .bottleneck import AdapterConfigBase, BottleneckConfig, BottleneckLayer, BottleneckModel
+from .compacter import CompacterConfig, CompacterLayer, CompacterModel
 from .parallel import ParallelAdapterConfig, ParallelAdapterLayer, ParallelAdapterModel
 
 __all__ = [
@@ -6,6 +7,9 @@ __all__ = [
     "BottleneckConfig",
     "BottleneckLayer",
     "BottleneckModel",
+    "CompacterConfig",
+    "CompacterLayer",
+    "CompacterModel",
     "ParallelAdapterConfig",
     "ParallelAdapterLayer",
     "ParallelAdapterModel",

@@ -52,12 +52,12 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
-        down_name, up_name, scale_name = self.adapter_layer_names
-        dropout_name, _, _ = self.other_param_names
+        down_name, up_name, *parameter_names = self.adapter_layer_names
         setattr(self, down_name, nn.ModuleDict())
         setattr(self, up_name, nn.ModuleDict())
-        setattr(self, scale_name, nn.ParameterDict())
-        setattr(self, dropout_name, nn.ModuleDict())
+        for name in parameter_names:  # learned scales, and e.g. PHM rules in subclasses
+            setattr(self, name, nn.ParameterDict())
+        setattr(self, self.other_param_names[0], nn.ModuleDict())  # dropout
         self.non_linearity: dict[str, str] = {}
         self.scaling: dict[str, float | str] = {}
         self._disable_adapters = False
@@ -66,7 +66,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         self.adapter_in_features = adapter_in_features or self.default_adapter_in_features()
         self._routing: Optional[Routing] = None
         self._active_adapter = adapter_name
-        self.update_layer(adapter_name, config)
+        self.update_layer(adapter_name, config, **kwargs)
 
     # containers, under the subclass's names
     @property
@@ -90,9 +90,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         return self.out_features
 
     def update_layer(self, adapter_name: str, config: AdapterConfigBase, **kwargs) -> None:
-        width = config.bottleneck_width(self.out_features)
-        self.adapter_down[adapter_name] = nn.Linear(self.adapter_in_features, width)
-        self.adapter_up[adapter_name] = nn.Linear(width, self.out_features)
+        self.create_projections(adapter_name, config, **kwargs)
         self.adapter_dropout[adapter_name] = (
             nn.Dropout(config.adapter_dropout) if config.adapter_dropout > 0 else nn.Identity()
         )
@@ -103,6 +101,11 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         self.reset_adapter_parameters(adapter_name, config.init_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def create_projections(self, adapter_name: str, config: AdapterConfigBase, **kwargs) -> None:
+        width = config.bottleneck_width(self.out_features)
+        self.adapter_down[adapter_name] = nn.Linear(self.adapter_in_features, width)
+        self.adapter_up[adapter_name] = nn.Linear(width, self.out_features)
 
     def reset_adapter_parameters(self, adapter_name: str, init_weights: bool | str) -> None:
         down, up = self.adapter_down[adapter_name], self.adapter_up[adapter_name]
@@ -142,11 +145,16 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         """``s * W_up f(W_down dropout(hidden))`` for one adapter, in the adapter's dtype."""
         return self._unscaled_delta(adapter_name, hidden) * self.scale_of(adapter_name)
 
+    def adapter_weights(self, adapter_name: str) -> tuple[torch.Tensor, ...]:
+        """(down weight, down bias, up weight, up bias) in ``nn.Linear`` layout; subclasses may build them."""
+        down, up = self.adapter_down[adapter_name], self.adapter_up[adapter_name]
+        return down.weight, down.bias, up.weight, up.bias
+
     def _unscaled_delta(self, adapter_name: str, hidden: torch.Tensor) -> torch.Tensor:
-        down = self.adapter_down[adapter_name]
-        hidden = self._cast_input_dtype(hidden, down.weight.dtype)
+        down_w, down_b, up_w, up_b = self.adapter_weights(adapter_name)
+        hidden = self._cast_input_dtype(self.adapter_dropout[adapter_name](hidden), down_w.dtype)
         activation = get_activation(self.non_linearity[adapter_name])
-        return self.adapter_up[adapter_name](activation(down(self.adapter_dropout[adapter_name](hidden))))
+        return F.linear(activation(F.linear(hidden, down_w, down_b)), up_w, up_b)
 
     def _add_adapter(self, result: torch.Tensor, adapter_name: str, source: torch.Tensor) -> torch.Tensor:
         delta = self._unscaled_delta(adapter_name, source).to(result.dtype)
@@ -176,12 +184,12 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
 
     # mixed batches: one adapter per example, gathered from stacked weights in one batched matmul
     def routed_delta(self, hidden: torch.Tensor, routing: Routing) -> torch.Tensor:
-        present = [name for name in routing.names if name in self.adapter_down]
+        present = {name: self.adapter_weights(name) for name in routing.names if name in self.adapter_down}
         if not present:
             return torch.zeros((), dtype=hidden.dtype, device=hidden.device)
-        ref = self.adapter_down[present[0]].weight
-        width = max(self.adapter_down[name].out_features for name in present)
-        stacked = [self._padded_weights(name, width, ref) for name in routing.names]
+        ref = next(iter(present.values()))[0]
+        width = max(weights[0].shape[0] for weights in present.values())
+        stacked = [self._padded_weights(name, present.get(name), width, ref) for name in routing.names]
         down_w, down_b, up_w, up_b, scale = (torch.stack(parts) for parts in zip(*stacked))
 
         codes = routing.codes_for_batch(hidden.shape[0], hidden.device)
@@ -192,10 +200,10 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         out = out * scale[codes].view(-1, 1, 1)
         return out.reshape(*hidden.shape[:-1], self.out_features)
 
-    def _padded_weights(self, name: str, width: int, ref: torch.Tensor):
+    def _padded_weights(self, name: str, weights, width: int, ref: torch.Tensor):
         """One adapter's (down_w, down_b, up_w, up_b, scale), zero-padded to ``width``; zeros for a missing one."""
-        if name not in self.adapter_down:
-            zeros = ref.new_zeros
+        zeros = ref.new_zeros
+        if weights is None:
             return (
                 zeros(width, self.adapter_in_features),
                 zeros(width),
@@ -203,17 +211,13 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
                 zeros(self.out_features),
                 zeros(()),
             )
-        down, up = self.adapter_down[name], self.adapter_up[name]
-        pad = width - down.out_features
+        down_w, down_b, up_w, up_b = weights
+        pad = width - down_w.shape[0]
+        down_b = zeros(down_w.shape[0]) if down_b is None else down_b
+        up_b = zeros(self.out_features) if up_b is None else up_b
         scale = torch.as_tensor(self.scale_of(name), dtype=ref.dtype, device=ref.device)
         # padding is exact: every allowed activation maps 0 to 0
-        return (
-            F.pad(down.weight, (0, 0, 0, pad)),
-            F.pad(down.bias, (0, pad)),
-            F.pad(up.weight, (0, pad)),
-            up.bias,
-            scale,
-        )
+        return F.pad(down_w, (0, 0, 0, pad)), F.pad(down_b, (0, pad)), F.pad(up_w, (0, pad)), up_b, scale
 
     def _routed_activation(self, bottleneck: torch.Tensor, names: tuple[str, ...], codes: torch.Tensor):
         kinds = [self.non_linearity.get(name, "identity") for name in names]

@@ -56,19 +56,18 @@ class BottleneckModel(BaseTuner):
             return list(positions.attention_output + positions.ffn_output), []
         return list(positions.ffn_output), colliding_names(positions.attention_output, positions.ffn_output)
 
-    def layer_kwargs(self, peft_config, current_key: str) -> dict:
+    def layer_kwargs(self, peft_config, adapter_name: str, current_key: str) -> dict:
         """Extra constructor arguments for a new tuner layer at ``current_key``."""
         return {}
 
     def _create_and_replace(
         self, peft_config, adapter_name, target, target_name, parent, current_key, parameter_name=None
     ):
+        layer_kwargs = self.layer_kwargs(peft_config, adapter_name, current_key)
         if isinstance(target, self.tuner_layer_cls):
-            target.update_layer(adapter_name, peft_config)
+            target.update_layer(adapter_name, peft_config, **layer_kwargs)
             return
-        new_module = self.tuner_layer_cls(
-            target, adapter_name, peft_config, **self.layer_kwargs(peft_config, current_key)
-        )
+        new_module = self.tuner_layer_cls(target, adapter_name, peft_config, **layer_kwargs)
         if adapter_name not in self.active_adapters:
             # an added adapter is not trainable until it is activated
             new_module.requires_grad_(False)

@@ -18,7 +18,7 @@ class ParallelAdapterModel(BottleneckModel):
             peft_config.input_from = dict(positions.ffn_input_from)
         return list(positions.ffn_block), colliding_names(positions.attention_output, positions.ffn_block)
 
-    def layer_kwargs(self, peft_config, current_key: str) -> dict:
+    def layer_kwargs(self, peft_config, adapter_name: str, current_key: str) -> dict:
         for target, source in (peft_config.input_from or {}).items():
             if current_key == target or current_key.endswith("." + target):
                 source_key = current_key[: len(current_key) - len(target)] + source
