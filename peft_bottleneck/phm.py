@@ -43,6 +43,22 @@ def init_rule(rule: torch.Tensor, c_init: str, init_range: float) -> None:
             rule.uniform_(-init_range, init_range)
 
 
+class PHMRule(nn.Module):
+    """The rules ``A_i`` as a module, so one instance can serve many layers: ``weight`` is (n, n, n) when one rule
+    serves both projections, or (2, n, n, n) for separate down and up rules."""
+
+    def __init__(self, phm_dim: int, separate_down_up: bool, c_init: str = "normal", init_range: float = 1e-4,
+                 device=None) -> None:
+        super().__init__()
+        shape = (2, phm_dim, phm_dim, phm_dim) if separate_down_up else (phm_dim, phm_dim, phm_dim)
+        self.weight = nn.Parameter(torch.empty(shape, device=device))
+        init_rule(self.weight, c_init, init_range)
+
+    def down_up(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rule = self.weight
+        return (rule[0], rule[1]) if rule.dim() == 4 else (rule, rule)
+
+
 class PHMLinear(nn.Module):
     """``y = x W + b`` with ``W = sum_i A_i (x) B_i``; the rules ``A`` are passed in, so they can be shared.
 

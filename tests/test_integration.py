@@ -10,7 +10,7 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
-from peft_bottleneck import BottleneckConfig, BottleneckLayer, ParallelAdapterConfig
+from peft_bottleneck import BottleneckConfig, BottleneckLayer, CompacterConfig, ParallelAdapterConfig
 
 
 def toy_classification(n=64, length=8, seed=0):
@@ -29,8 +29,12 @@ def trainer_args(tmp_path, **kw):
     return TrainingArguments(**{**defaults, **kw})
 
 
-@pytest.mark.parametrize("config", [BottleneckConfig(task_type="SEQ_CLS"), ParallelAdapterConfig(task_type="SEQ_CLS")],
-                         ids=["houlsby", "parallel"])
+@pytest.mark.parametrize(
+    "config",
+    [BottleneckConfig(task_type="SEQ_CLS"), ParallelAdapterConfig(task_type="SEQ_CLS"),
+     CompacterConfig(task_type="SEQ_CLS", bottleneck_size=8, phm_init_range=0.1)],
+    ids=["houlsby", "parallel", "compacter"],
+)
 def test_trainer_end_to_end_with_best_model_at_end(config, tmp_path):
     model = get_peft_model(tiny_model("bert"), config)
     args = trainer_args(tmp_path, eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
@@ -86,8 +90,9 @@ def adapter_grads(model_type, config_factory, checkpointing=None):
         ("llama", lambda: BottleneckConfig(task_type="CAUSAL_LM", init_weights=False)),
         ("llama", lambda: ParallelAdapterConfig(task_type="CAUSAL_LM", init_weights=False)),
         ("bert", lambda: ParallelAdapterConfig(task_type="SEQ_CLS", init_weights=False)),
+        ("llama", lambda: CompacterConfig(task_type="CAUSAL_LM", bottleneck_size=8, init_weights=False)),
     ],
-    ids=["llama-bottleneck", "llama-parallel", "bert-parallel-span"],
+    ids=["llama-bottleneck", "llama-parallel", "bert-parallel-span", "llama-compacter"],
 )
 def test_gradient_checkpointing_gives_the_same_gradients(model_type, config_factory, use_reentrant):
     reference = adapter_grads(model_type, config_factory)
@@ -118,8 +123,9 @@ def test_bf16_model(autocast_adapter_dtype):
 @pytest.mark.parametrize(
     "model_type, config",
     [("llama", BottleneckConfig(task_type="CAUSAL_LM", init_weights=False)),
-     ("bert", ParallelAdapterConfig(task_type="SEQ_CLS", init_weights=False))],
-    ids=["llama-bottleneck", "bert-parallel-span"],
+     ("bert", ParallelAdapterConfig(task_type="SEQ_CLS", init_weights=False)),
+     ("llama", CompacterConfig(task_type="CAUSAL_LM", bottleneck_size=8, init_weights=False))],
+    ids=["llama-bottleneck", "bert-parallel-span", "llama-compacter"],
 )
 def test_torch_compile(model_type, config):
     torch._dynamo.reset()

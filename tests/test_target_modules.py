@@ -8,7 +8,14 @@ from conftest import ALL_TYPES, model_output, task_type, tiny_inputs, tiny_model
 from peft import get_peft_model
 from transformers.pytorch_utils import Conv1D
 
-from peft_bottleneck import BottleneckConfig, BottleneckLayer, ParallelAdapterConfig, ParallelAdapterLayer
+from peft_bottleneck import (
+    BottleneckConfig,
+    BottleneckLayer,
+    CompacterConfig,
+    CompacterLayer,
+    ParallelAdapterConfig,
+    ParallelAdapterLayer,
+)
 from peft_bottleneck.target_modules import ADAPTER_POSITIONS
 
 # adapted modules per transformer layer: Houlsby = attention outputs + FFN output, Pfeiffer = FFN output
@@ -37,8 +44,11 @@ def test_every_architecture_has_positions(model_type):
          lambda mt: _attention_blocks(mt) + _layers(mt)),
         (lambda t: BottleneckConfig(task_type=t, placement="pfeiffer"), BottleneckLayer, _layers),
         (lambda t: ParallelAdapterConfig(task_type=t), ParallelAdapterLayer, _layers),
+        (lambda t: CompacterConfig(task_type=t, bottleneck_size=8), CompacterLayer,
+         lambda mt: _attention_blocks(mt) + _layers(mt)),
+        (lambda t: CompacterConfig(task_type=t, bottleneck_size=8, placement="pfeiffer"), CompacterLayer, _layers),
     ],
-    ids=["houlsby", "pfeiffer", "parallel"],
+    ids=["houlsby", "pfeiffer", "parallel", "compacter", "compacter++"],
 )
 def test_default_placement_is_identity_at_init(model_type, config_factory, layer_cls, expected):
     base = tiny_model(model_type)

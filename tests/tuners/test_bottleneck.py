@@ -11,15 +11,18 @@ from peft import PeftConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 
-from peft_bottleneck import BottleneckConfig, BottleneckLayer, ParallelAdapterConfig
+from peft_bottleneck import BottleneckConfig, BottleneckLayer, CompacterConfig, ParallelAdapterConfig
 
 ARCHS = ["bert", "gpt2", "llama", "t5", "bart"]
 KINDS = {
     "houlsby": lambda **kw: BottleneckConfig(**kw),
     "pfeiffer": lambda **kw: BottleneckConfig(placement="pfeiffer", **kw),
     "parallel": lambda **kw: ParallelAdapterConfig(**kw),
+    "compacter": lambda **kw: CompacterConfig(bottleneck_size=8, **kw),
+    "compacter++": lambda **kw: CompacterConfig(bottleneck_size=8, placement="pfeiffer", **kw),
 }
-PREFIX = {"houlsby": "bottleneck_", "pfeiffer": "bottleneck_", "parallel": "parallel_adapter_"}
+PREFIX = {"houlsby": "bottleneck_", "pfeiffer": "bottleneck_", "parallel": "parallel_adapter_",
+          "compacter": "compacter_", "compacter++": "compacter_"}
 
 
 def make(kind, model_type, **kw):

@@ -52,11 +52,9 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
-        down_name, up_name, *parameter_names = self.adapter_layer_names
-        setattr(self, down_name, nn.ModuleDict())
-        setattr(self, up_name, nn.ModuleDict())
-        for name in parameter_names:  # learned scales, and e.g. PHM rules in subclasses
-            setattr(self, name, nn.ParameterDict())
+        for index, name in enumerate(self.adapter_layer_names):
+            # the learned scales (third entry) are bare parameters; everything else is a module per adapter
+            setattr(self, name, nn.ParameterDict() if index == 2 else nn.ModuleDict())
         setattr(self, self.other_param_names[0], nn.ModuleDict())  # dropout
         self.non_linearity: dict[str, str] = {}
         self.scaling: dict[str, float | str] = {}
