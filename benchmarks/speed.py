@@ -1,11 +1,14 @@
-"""Forward and train-step time of adapters vs the base model, as ratios measured in one run.
+"""Forward and train-step time of our adapters vs the base model, PEFT LoRA and AdapterHub, as ratios in one run.
 
-    python benchmarks/speed.py                 # bert-base shape (12 x 768, random weights), batch 8, length 128
-    python benchmarks/speed.py --quick         # a small shape, to check the script
+    python benchmarks/speed.py                    # bert-base shape (12 x 768, random weights), batch 8, length 128
+    python benchmarks/speed.py --adapterhub-python .venv-adapterhub/bin/python   # + the AdapterHub peer
+    python benchmarks/speed.py --quick            # a small shape, to check the script
 
-Every variant is timed in interleaved rounds (base, houlsby, ..., base, houlsby, ...) so machine noise hits all of
-them alike; the figure is the median over rounds, divided by the base model's median. Writes a markdown table to
-stdout and, with --output, a JSON file.
+Our variants are timed in interleaved rounds (base, houlsby, ..., base, houlsby, ...) so machine noise hits all of
+them alike; each figure is the median over rounds, and ratios divide by the base model's median from the same
+rounds. The AdapterHub peer (transformers 4.57) runs in its own process right after, with its own base model, so
+its figures are compared both in seconds and as ratios to its own base. The base row's train step is full
+fine-tuning.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
-import time
+import os
+import subprocess
+import sys
+import tempfile
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -22,47 +27,36 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import peft_bottleneck
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import bert_base_config_kwargs, measure, random_batch  # noqa: E402
+
 VARIANTS = {
     "base": None,
     "houlsby": lambda: peft_bottleneck.BottleneckConfig(task_type="SEQ_CLS"),
     "pfeiffer": lambda: peft_bottleneck.BottleneckConfig(task_type="SEQ_CLS", placement="pfeiffer"),
     "parallel": lambda: peft_bottleneck.ParallelAdapterConfig(task_type="SEQ_CLS"),
+    "compacter": lambda: peft_bottleneck.CompacterConfig(task_type="SEQ_CLS"),
+    "compacter++": lambda: peft_bottleneck.CompacterConfig(task_type="SEQ_CLS", placement="pfeiffer"),
     "lora (peft, r=8, q+v)": lambda: LoraConfig(task_type="SEQ_CLS", r=8, target_modules=["query", "value"]),
 }
 
 
-def bert_base(quick: bool) -> BertForSequenceClassification:
-    shape = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512) if quick else {}
-    torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(**shape)).eval()
-
-
 def build(name, base):
     model = copy.deepcopy(base)
-    factory = VARIANTS[name]
-    if factory is None:
-        for p in model.parameters():
-            p.requires_grad = True  # the base row is full fine-tuning for the train step
-        return model
-    return get_peft_model(model, factory())
+    if VARIANTS[name] is None:
+        return model  # every parameter trains: full fine-tuning
+    return get_peft_model(model, VARIANTS[name]())
 
 
-def time_forward(model, batch):
-    model.eval()
-    with torch.inference_mode():
-        start = time.perf_counter()
-        model(**batch)
-        return time.perf_counter() - start
-
-
-def time_train_step(model, batch, optimizer):
-    model.train()
-    start = time.perf_counter()
-    loss = model(**batch).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
+def run_peer(python: str, args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "peer.json")
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "adapterhub_speed.py")
+        command = [python, script, "--output", out, "--batch-size", str(args.batch_size), "--length",
+                   str(args.length), "--rounds", str(args.rounds)] + (["--quick"] if args.quick else [])
+        subprocess.run(command, check=True)
+        with open(out) as f:
+            return json.load(f)
 
 
 def main(argv=None):
@@ -71,52 +65,47 @@ def main(argv=None):
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--output", default=None)
+    parser.add_argument("--adapterhub-python", default=None, help="python of a venv with AdapterHub `adapters`")
+    parser.add_argument("--output", default=None, help="write the figures as JSON")
     args = parser.parse_args(argv)
 
-    base = bert_base(args.quick)
+    torch.manual_seed(0)
+    base = BertForSequenceClassification(BertConfig(**bert_base_config_kwargs(args.quick))).eval()
     models = {name: build(name, base) for name in VARIANTS}
-    optimizers = {
-        name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5) for name, m in models.items()
-    }
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, base.config.vocab_size, (args.batch_size, args.length), generator=generator)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(args.batch_size, dtype=torch.long)}
+    ours = measure(models, random_batch(base.config.vocab_size, args.batch_size, args.length), args.rounds)
+    peer = run_peer(args.adapterhub_python, args) if args.adapterhub_python else None
 
-    forward = {name: [] for name in models}
-    train = {name: [] for name in models}
-    for name, model in models.items():  # warm-up
-        time_forward(model, batch)
-        time_train_step(model, batch, optimizers[name])
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            forward[name].append(time_forward(model, batch))
-            train[name].append(time_train_step(model, batch, optimizers[name]))
-
-    base_forward, base_train = statistics.median(forward["base"]), statistics.median(train["base"])
-    rows = []
-    for name, model in models.items():
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        rows.append({
-            "variant": name,
-            "forward_s": statistics.median(forward[name]),
-            "forward_ratio": statistics.median(forward[name]) / base_forward,
-            "train_step_s": statistics.median(train[name]),
-            "train_step_ratio": statistics.median(train[name]) / base_train,
-            "trainable_params": trainable,
-        })
     shape = f"{base.config.num_hidden_layers}x{base.config.hidden_size}, batch {args.batch_size}, length {args.length}"
     print(f"\nbert-base shape ({shape}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} interleaved rounds")
-    print("| variant | forward (s) | forward / base | train step (s) | train step / base (full FT) | trainable |")
+    print("| variant | forward (s) | forward / base | train step (s) | train step / base | trainable |")
     print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['variant']} | {r['forward_s']:.3f} | {r['forward_ratio']:.3f} | {r['train_step_s']:.3f} | "
-              f"{r['train_step_ratio']:.3f} | {r['trainable_params']:,} |")
+    for name, r in ours.items():
+        print(f"| {name} | {r['forward_s']:.3f} | {r['forward_s'] / ours['base']['forward_s']:.3f} | "
+              f"{r['train_step_s']:.3f} | {r['train_step_s'] / ours['base']['train_step_s']:.3f} | "
+              f"{r['trainable_params']:,} |")
+    for name in ("compacter", "compacter++"):
+        houlsby_like = "houlsby" if name == "compacter" else "pfeiffer"
+        print(f"{name}: train step {ours[name]['train_step_s'] / ours[houlsby_like]['train_step_s']:.3f}x "
+              f"{houlsby_like}, parameters {ours[name]['trainable_params'] / ours[houlsby_like]['trainable_params']:.3f}x")
+    if peer:
+        theirs = peer["results"]
+        print(f"\nAdapterHub adapters {peer['versions']['adapters']} (transformers {peer['versions']['transformers']}),"
+              " same shape, own process right after")
+        print("| config | ours train step (s) | AdapterHub train step (s) | ours / AdapterHub | ours / our base | "
+              "AdapterHub / its base | ours forward / AdapterHub forward |")
+        print("|---|---|---|---|---|---|---|")
+        for name, r in theirs.items():
+            if name == "base":
+                continue
+            print(f"| {name} | {ours[name]['train_step_s']:.3f} | {r['train_step_s']:.3f} | "
+                  f"{ours[name]['train_step_s'] / r['train_step_s']:.3f} | "
+                  f"{ours[name]['train_step_s'] / ours['base']['train_step_s']:.3f} | "
+                  f"{r['train_step_s'] / theirs['base']['train_step_s']:.3f} | "
+                  f"{ours[name]['forward_s'] / r['forward_s']:.3f} |")
     if args.output:
         with open(args.output, "w") as f:
-            json.dump({"shape": shape, "rows": rows}, f, indent=2)
-    return rows
+            json.dump({"shape": shape, "ours": ours, "adapterhub": peer}, f, indent=2)
 
 
 if __name__ == "__main__":

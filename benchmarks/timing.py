@@ -1,0 +1,62 @@
+"""Timing helpers shared by our speed benchmark and the AdapterHub peer (which runs in its own venv, so this file
+imports only torch and transformers)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+
+def bert_base_config_kwargs(quick: bool) -> dict:
+    # bert-base: 12 layers x 768 (transformers' BertConfig defaults); --quick: a small shape to test the scripts
+    return dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512) if quick else {}
+
+
+def random_batch(vocab_size: int, batch_size: int, length: int) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, vocab_size, (batch_size, length), generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(batch_size, dtype=torch.long)}
+
+
+def time_forward(model, batch) -> float:
+    model.eval()
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model(**batch)
+        return time.perf_counter() - start
+
+
+def time_train_step(model, batch, optimizer) -> float:
+    model.train()
+    start = time.perf_counter()
+    loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def measure(models: dict, batch: dict, rounds: int) -> dict:
+    """Median forward and train-step seconds per model, timed in interleaved rounds after one warm-up each."""
+    optimizers = {
+        name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5) for name, m in models.items()
+    }
+    forward = {name: [] for name in models}
+    train = {name: [] for name in models}
+    for name, model in models.items():
+        time_forward(model, batch)
+        time_train_step(model, batch, optimizers[name])
+    for _ in range(rounds):
+        for name, model in models.items():
+            forward[name].append(time_forward(model, batch))
+            train[name].append(time_train_step(model, batch, optimizers[name]))
+    return {
+        name: {
+            "forward_s": statistics.median(forward[name]),
+            "train_step_s": statistics.median(train[name]),
+            "trainable_params": sum(p.numel() for p in models[name].parameters() if p.requires_grad),
+        }
+        for name in models
+    }
