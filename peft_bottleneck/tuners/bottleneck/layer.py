@@ -10,7 +10,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ...activations import get_activation
-from ...routing import Routing
+from ...routing import Routing, gathered_bottleneck, stack_adapter_weights
 from .config import AdapterConfigBase
 
 MERGE_ERROR = (
@@ -144,8 +144,11 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         return self._unscaled_delta(adapter_name, hidden) * self.scale_of(adapter_name)
 
     def adapter_weights(self, adapter_name: str) -> tuple[torch.Tensor, ...]:
-        """(down weight, down bias, up weight, up bias) in ``nn.Linear`` layout; subclasses may build them."""
-        down, up = self.adapter_down[adapter_name], self.adapter_up[adapter_name]
+        """(down weight, down bias, up weight, up bias) in ``nn.Linear`` layout."""
+        return self.projection_weights(adapter_name, self.adapter_down[adapter_name], self.adapter_up[adapter_name])
+
+    def projection_weights(self, adapter_name: str, down: nn.Module, up: nn.Module) -> tuple[torch.Tensor, ...]:
+        """The weights of one (down, up) pair; subclasses whose projections build their weights override this."""
         return down.weight, down.bias, up.weight, up.bias
 
     def _unscaled_delta(self, adapter_name: str, hidden: torch.Tensor) -> torch.Tensor:
@@ -186,46 +189,16 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         if not present:
             return torch.zeros((), dtype=hidden.dtype, device=hidden.device)
         ref = next(iter(present.values()))[0]
-        width = max(weights[0].shape[0] for weights in present.values())
-        stacked = [self._padded_weights(name, present.get(name), width, ref) for name in routing.names]
-        down_w, down_b, up_w, up_b, scale = (torch.stack(parts) for parts in zip(*stacked))
-
+        stacked = stack_adapter_weights(
+            [present.get(name) for name in routing.names],
+            [self.scale_of(name) if name in present else 0.0 for name in routing.names],
+            self.adapter_in_features,
+            self.out_features,
+            ref,
+        )
+        activations = [self.non_linearity.get(name, "identity") for name in routing.names]
         codes = routing.codes_for_batch(hidden.shape[0], hidden.device)
-        flat = self._cast_input_dtype(hidden, ref.dtype).reshape(hidden.shape[0], -1, hidden.shape[-1])
-        bottleneck = torch.baddbmm(down_b[codes].unsqueeze(1), flat, down_w[codes].transpose(1, 2))
-        bottleneck = self._routed_activation(bottleneck, routing.names, codes)
-        out = torch.baddbmm(up_b[codes].unsqueeze(1), bottleneck, up_w[codes].transpose(1, 2))
-        out = out * scale[codes].view(-1, 1, 1)
-        return out.reshape(*hidden.shape[:-1], self.out_features)
-
-    def _padded_weights(self, name: str, weights, width: int, ref: torch.Tensor):
-        """One adapter's (down_w, down_b, up_w, up_b, scale), zero-padded to ``width``; zeros for a missing one."""
-        zeros = ref.new_zeros
-        if weights is None:
-            return (
-                zeros(width, self.adapter_in_features),
-                zeros(width),
-                zeros(self.out_features, width),
-                zeros(self.out_features),
-                zeros(()),
-            )
-        down_w, down_b, up_w, up_b = weights
-        pad = width - down_w.shape[0]
-        down_b = zeros(down_w.shape[0]) if down_b is None else down_b
-        up_b = zeros(self.out_features) if up_b is None else up_b
-        scale = torch.as_tensor(self.scale_of(name), dtype=ref.dtype, device=ref.device)
-        # padding is exact: every allowed activation maps 0 to 0
-        return F.pad(down_w, (0, 0, 0, pad)), F.pad(down_b, (0, pad)), F.pad(up_w, (0, pad)), up_b, scale
-
-    def _routed_activation(self, bottleneck: torch.Tensor, names: tuple[str, ...], codes: torch.Tensor):
-        kinds = [self.non_linearity.get(name, "identity") for name in names]
-        if len(set(kinds)) == 1:
-            return get_activation(kinds[0])(bottleneck)
-        out = bottleneck
-        for kind in set(kinds):  # at most the few allowed activations, never the examples
-            routes = torch.tensor([k == kind for k in kinds], device=codes.device)
-            out = torch.where(routes[codes].view(-1, 1, 1), get_activation(kind)(bottleneck), out)
-        return out
+        return gathered_bottleneck(self._cast_input_dtype(hidden, ref.dtype), codes, stacked, activations)
 
     def __repr__(self) -> str:
         return f"{self.adapter_kind.lower()}." + super().__repr__()

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch import nn
 
 from ...phm import PHMLinear, PHMRule, check_divisible
 from ..bottleneck.layer import BottleneckLayer
@@ -23,8 +24,16 @@ class CompacterLayer(BottleneckLayer):
     adapter_kind = "Compacter"
 
     def __init__(self, *args, **kwargs) -> None:
-        self.__dict__["compacter_shared_rule_refs"] = {}
+        self.__dict__[self.other_param_names[3]] = {}  # unregistered references to a shared rule
         super().__init__(*args, **kwargs)
+
+    @property
+    def rule_store(self) -> nn.ModuleDict:
+        return getattr(self, self.adapter_layer_names[3])
+
+    @property
+    def rule_refs(self) -> dict:
+        return getattr(self, self.other_param_names[3])
 
     def create_projections(self, adapter_name: str, config: CompacterConfig,
                            shared_rule: Optional[PHMRule] = None, register_shared_rule: bool = False,
@@ -37,28 +46,28 @@ class CompacterLayer(BottleneckLayer):
         self.adapter_down[adapter_name] = PHMLinear(self.adapter_in_features, width, **phm)
         self.adapter_up[adapter_name] = PHMLinear(width, self.out_features, **phm)
         if not config.shared_phm_rule:
-            self.compacter_phm_rule[adapter_name] = PHMRule(n, True, config.phm_c_init, config.phm_init_range)
+            self.rule_store[adapter_name] = PHMRule(n, True, config.phm_c_init, config.phm_init_range)
         elif shared_rule is None:
             raise ValueError("A shared PHM rule is created by CompacterModel and passed to each layer.")
         elif register_shared_rule:
-            self.compacter_phm_rule[adapter_name] = shared_rule
+            self.rule_store[adapter_name] = shared_rule
         else:
-            self.compacter_shared_rule_refs[adapter_name] = shared_rule
+            self.rule_refs[adapter_name] = shared_rule
         if not config.learn_phm:
             # per-instance copy: the class attribute is a shared default
-            self.frozen_peft_weight_names = {**self.frozen_peft_weight_names, adapter_name: ("compacter_phm_rule",)}
+            frozen = (self.adapter_layer_names[3],)
+            self.frozen_peft_weight_names = {**self.frozen_peft_weight_names, adapter_name: frozen}
 
     def reset_adapter_parameters(self, adapter_name: str, init_weights: bool | str) -> None:
         self.adapter_down[adapter_name].reset_parameters()
         self.adapter_up[adapter_name].reset_parameters(zero=init_weights is True)
 
     def rule(self, adapter_name: str) -> PHMRule:
-        if adapter_name in self.compacter_phm_rule:
-            return self.compacter_phm_rule[adapter_name]
-        return self.compacter_shared_rule_refs[adapter_name]
+        if adapter_name in self.rule_store:
+            return self.rule_store[adapter_name]
+        return self.rule_refs[adapter_name]
 
-    def adapter_weights(self, adapter_name: str) -> tuple[torch.Tensor, ...]:
-        down, up = self.adapter_down[adapter_name], self.adapter_up[adapter_name]
+    def projection_weights(self, adapter_name: str, down: PHMLinear, up: PHMLinear) -> tuple[torch.Tensor, ...]:
         device = down.factors()[0].device
         down_rule, up_rule = (r.to(device) for r in self.rule(adapter_name).down_up())
         return down.weight(down_rule), down.bias, up.weight(up_rule), up.bias
