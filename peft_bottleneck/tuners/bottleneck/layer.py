@@ -46,6 +46,8 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
     adapter_layer_names: tuple[str, ...] = ("bottleneck_down", "bottleneck_up", "bottleneck_scale")
     other_param_names: tuple[str, ...] = ("bottleneck_dropout", "non_linearity", "scaling")
     adapter_kind = "Bottleneck"
+    # the bottleneck width is the hidden size // reduction factor; an LM-head adapter's hidden size is its input
+    width_from_input = False
 
     def __init__(
         self, base_layer: nn.Module, adapter_name: str, config: AdapterConfigBase, adapter_in_features=None, **kwargs
@@ -100,13 +102,19 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
+    def bottleneck_width(self, config: AdapterConfigBase) -> int:
+        return config.bottleneck_width(self.adapter_in_features if self.width_from_input else self.out_features)
+
     def create_projections(self, adapter_name: str, config: AdapterConfigBase, **kwargs) -> None:
-        width = config.bottleneck_width(self.out_features)
+        width = self.bottleneck_width(config)
         self.adapter_down[adapter_name] = nn.Linear(self.adapter_in_features, width)
         self.adapter_up[adapter_name] = nn.Linear(width, self.out_features)
 
     def reset_adapter_parameters(self, adapter_name: str, init_weights: bool | str) -> None:
-        down, up = self.adapter_down[adapter_name], self.adapter_up[adapter_name]
+        self.reset_projections(self.adapter_down[adapter_name], self.adapter_up[adapter_name], init_weights)
+
+    @staticmethod
+    def reset_projections(down: nn.Module, up: nn.Module, init_weights: bool | str) -> None:
         if init_weights is False:
             return  # nn.Linear's random init on both: a non-identity adapter, for tests
         if init_weights is True:

@@ -56,6 +56,10 @@ class BottleneckModel(BaseTuner):
             return list(positions.attention_output + positions.ffn_output), []
         return list(positions.ffn_output), colliding_names(positions.attention_output, positions.ffn_output)
 
+    def layer_class(self, peft_config, current_key: str) -> type:
+        """The tuner layer class for a new target (one per tuner type here; the controller picks per target)."""
+        return self.tuner_layer_cls
+
     def layer_kwargs(self, peft_config, adapter_name: str, current_key: str) -> dict:
         """Extra constructor arguments for a new tuner layer at ``current_key``."""
         return {}
@@ -67,7 +71,8 @@ class BottleneckModel(BaseTuner):
         if isinstance(target, self.tuner_layer_cls):
             target.update_layer(adapter_name, peft_config, **layer_kwargs)
             return
-        new_module = self.tuner_layer_cls(target, adapter_name, peft_config, **layer_kwargs)
+        layer_cls = self.layer_class(peft_config, current_key)
+        new_module = layer_cls(target, adapter_name, peft_config, **layer_kwargs)
         if adapter_name not in self.active_adapters:
             # an added adapter is not trainable until it is activated
             new_module.requires_grad_(False)

@@ -38,7 +38,7 @@ class CompacterLayer(BottleneckLayer):
     def create_projections(self, adapter_name: str, config: CompacterConfig,
                            shared_rule: Optional[PHMRule] = None, register_shared_rule: bool = False,
                            **kwargs) -> None:
-        width = config.bottleneck_width(self.out_features)
+        width = self.bottleneck_width(config)
         n = config.phm_dim
         check_divisible(n, adapter_input_size=self.adapter_in_features, hidden_size=self.out_features,
                         bottleneck_size=width)
@@ -58,9 +58,10 @@ class CompacterLayer(BottleneckLayer):
             frozen = (self.adapter_layer_names[3],)
             self.frozen_peft_weight_names = {**self.frozen_peft_weight_names, adapter_name: frozen}
 
-    def reset_adapter_parameters(self, adapter_name: str, init_weights: bool | str) -> None:
-        self.adapter_down[adapter_name].reset_parameters()
-        self.adapter_up[adapter_name].reset_parameters(zero=init_weights is True)
+    @staticmethod
+    def reset_projections(down: PHMLinear, up: PHMLinear, init_weights: bool | str) -> None:
+        down.reset_parameters()
+        up.reset_parameters(zero=init_weights is True)
 
     def rule(self, adapter_name: str) -> PHMRule:
         if adapter_name in self.rule_store:
