@@ -7,6 +7,9 @@
 from .activations import ALLOWED_NON_LINEARITIES
 from .routing import BASE_ROUTE, Routing
 from .tuners import (
+    AdapterControllerConfig,
+    AdapterControllerModel,
+    TaskCollator,
     AdapterConfigBase,
     BottleneckConfig,
     BottleneckLayer,
@@ -14,6 +17,9 @@ from .tuners import (
     CompacterConfig,
     CompacterLayer,
     CompacterModel,
+    OutputAdapterConfig,
+    OutputAdapterLayer,
+    OutputAdapterModel,
     ParallelAdapterConfig,
     ParallelAdapterLayer,
     ParallelAdapterModel,
@@ -22,6 +28,9 @@ from .tuners import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterControllerConfig",
+    "AdapterControllerModel",
+    "TaskCollator",
     "ALLOWED_NON_LINEARITIES",
     "BASE_ROUTE",
     "AdapterConfigBase",
@@ -31,6 +40,9 @@ __all__ = [
     "CompacterConfig",
     "CompacterLayer",
     "CompacterModel",
+    "OutputAdapterConfig",
+    "OutputAdapterLayer",
+    "OutputAdapterModel",
     "ParallelAdapterConfig",
     "ParallelAdapterLayer",
     "ParallelAdapterModel",

@@ -105,3 +105,19 @@ def colliding_names(names: tuple[str, ...], targets: tuple[str, ...]) -> list[st
     adapt only the former, the latter must be excluded explicitly.
     """
     return [name for name in names if any(name == t or name.endswith("." + t) for t in targets)]
+
+
+def output_embeddings_name(model) -> str:
+    """The module name of ``model.get_output_embeddings()`` (the LM head), or a ValueError if it has none."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if get_head is not None else None
+    if head is None:
+        raise ValueError(
+            f"{type(model).__name__} has no output embeddings (`get_output_embeddings()` is None): an LM-head "
+            "adapter needs a model with a language-modelling head, e.g. AutoModelForCausalLM or "
+            "AutoModelForSeq2SeqLM."
+        )
+    for name, module in model.named_modules():
+        if module is head:
+            return name
+    raise ValueError("The output embeddings returned by get_output_embeddings() are not a submodule of the model.")

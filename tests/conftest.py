@@ -33,7 +33,7 @@ CONFIGS = {
     "opt": lambda: tf.OPTConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, ffn_dim=64,
                                 word_embed_proj_dim=32, vocab_size=VOCAB, max_position_embeddings=64,
                                 pad_token_id=0),
-    "llama": lambda: tf.LlamaConfig(**_DECODER),
+    "llama": lambda: tf.LlamaConfig(**_DECODER, tie_word_embeddings=True),
     "mistral": lambda: tf.MistralConfig(**_DECODER),
     "qwen2": lambda: tf.Qwen2Config(**_DECODER),
     "qwen3": lambda: tf.Qwen3Config(**_DECODER, head_dim=8),

@@ -58,7 +58,7 @@ def test_mixed_generate_greedy_decoder_only(model_type):
     model = two_adapter_model(model_type)
     names = ["other", "default", "__base__"]
     inputs = tiny_inputs(model_type, batch=3)
-    kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    kwargs = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         mixed = model.generate(**inputs, adapter_names=names, **kwargs)
         alone = each_alone(model, inputs, names, lambda b: model.generate(**b, **kwargs))

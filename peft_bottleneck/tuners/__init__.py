@@ -1,8 +1,13 @@
 from .bottleneck import AdapterConfigBase, BottleneckConfig, BottleneckLayer, BottleneckModel
 from .compacter import CompacterConfig, CompacterLayer, CompacterModel
+from .controller import AdapterControllerConfig, AdapterControllerModel, TaskCollator
+from .output_adapter import OutputAdapterConfig, OutputAdapterLayer, OutputAdapterModel
 from .parallel import ParallelAdapterConfig, ParallelAdapterLayer, ParallelAdapterModel
 
 __all__ = [
+    "AdapterControllerConfig",
+    "AdapterControllerModel",
+    "TaskCollator",
     "AdapterConfigBase",
     "BottleneckConfig",
     "BottleneckLayer",
@@ -10,6 +15,9 @@ __all__ = [
     "CompacterConfig",
     "CompacterLayer",
     "CompacterModel",
+    "OutputAdapterConfig",
+    "OutputAdapterLayer",
+    "OutputAdapterModel",
     "ParallelAdapterConfig",
     "ParallelAdapterLayer",
     "ParallelAdapterModel",
