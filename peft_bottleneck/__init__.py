@@ -5,6 +5,7 @@
 """
 
 from .activations import ALLOWED_NON_LINEARITIES
+from .pruning import find_layer_stacks, prune_layers
 from .routing import BASE_ROUTE, Routing
 from .tuners import (
     AdapterControllerConfig,
@@ -47,4 +48,6 @@ __all__ = [
     "ParallelAdapterLayer",
     "ParallelAdapterModel",
     "Routing",
+    "find_layer_stacks",
+    "prune_layers",
 ]

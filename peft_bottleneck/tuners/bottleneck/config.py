@@ -77,6 +77,13 @@ class AdapterConfigBase(PeftConfig):
         default=1.0,
         metadata={"help": "Factor s on the adapter output: a number, or 'learned' for a trained scalar (init 1)."},
     )
+    layer_map: Optional[dict] = field(
+        default=None,
+        metadata={
+            "help": "Set automatically: which original layers of each layer stack the model had when the adapter "
+            "was made ({} if unpruned). Loading refuses a base model pruned differently."
+        },
+    )
     init_weights: Union[bool, str] = field(
         default=True,
         metadata={

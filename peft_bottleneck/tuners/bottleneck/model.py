@@ -4,6 +4,7 @@ from contextlib import contextmanager
 
 from peft.tuners.tuners_utils import BaseTuner
 
+from ...pruning import check_layer_map
 from ...routing import Routing
 from ...target_modules import AdapterPositions, colliding_names, positions_for
 from .config import BottleneckConfig
@@ -33,6 +34,10 @@ class BottleneckModel(BaseTuner):
         # process that never imported us cannot resolve it from adapter_config.json
         if hasattr(model, "add_model_tags"):
             model.add_model_tags([*self.model_card_tags, config.peft_type.value.lower()])
+
+    def _check_new_adapter_config(self, config) -> None:
+        super()._check_new_adapter_config(config)
+        check_layer_map(config, self.model)
 
     def _prepare_adapter_config(self, peft_config, model_config):
         if peft_config.target_modules is None:

@@ -75,6 +75,10 @@ class AdapterControllerConfig(PeftConfig):
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Modules besides the adapters to train and save (e.g. a classifier)."}
     )
+    layer_map: Optional[dict] = field(
+        default=None,
+        metadata={"help": "Set automatically: the model's kept layers per stack ({} if unpruned); see BottleneckConfig."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
