@@ -5,6 +5,14 @@
 """
 
 from .activations import ALLOWED_NON_LINEARITIES
+from .importance import (
+    AdapterDropCallback,
+    LayerImportanceCallback,
+    calibrate,
+    compression_plan,
+    heal,
+    set_adapter_drop,
+)
 from .pruning import find_layer_stacks, prune_layers
 from .routing import BASE_ROUTE, Routing
 from .tuners import (
@@ -48,6 +56,12 @@ __all__ = [
     "ParallelAdapterLayer",
     "ParallelAdapterModel",
     "Routing",
+    "AdapterDropCallback",
+    "LayerImportanceCallback",
+    "calibrate",
+    "compression_plan",
     "find_layer_stacks",
+    "heal",
+    "set_adapter_drop",
     "prune_layers",
 ]

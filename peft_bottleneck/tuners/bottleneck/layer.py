@@ -65,6 +65,8 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         self.in_features, self.out_features = _projection_dims(self.get_base_layer())
         self.adapter_in_features = adapter_in_features or self.default_adapter_in_features()
         self._routing: Optional[Routing] = None
+        self.skip_adapters = False  # AdapterDrop: this layer's adapters are bypassed while set
+        self.delta_norms: Optional[list] = None  # set to a list to record adapter output norms (importance)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config, **kwargs)
 
@@ -165,9 +167,14 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         activation = get_activation(self.non_linearity[adapter_name])
         return F.linear(activation(F.linear(hidden, down_w, down_b)), up_w, up_b)
 
+    def record_delta(self, delta: torch.Tensor, scale=1.0) -> None:
+        if self.delta_norms is not None:  # off by default: costs a norm per call
+            self.delta_norms.append((delta.detach().float() * scale).norm(dim=-1).mean())
+
     def _add_adapter(self, result: torch.Tensor, adapter_name: str, source: torch.Tensor) -> torch.Tensor:
         delta = self._unscaled_delta(adapter_name, source).to(result.dtype)
         scale = self.scale_of(adapter_name)
+        self.record_delta(delta, scale)
         if isinstance(scale, torch.Tensor):
             return result + delta * scale.to(result.dtype)
         # a fixed scale rides on the residual add: one pass over the activations instead of two
@@ -180,7 +187,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapter_input = self.take_adapter_input(x)
         result = self.base_layer(x, *args, **kwargs)
-        if self.disable_adapters:
+        if self.disable_adapters or self.skip_adapters:
             return result
         if self._routing is not None:
             source = result if adapter_input is None else adapter_input

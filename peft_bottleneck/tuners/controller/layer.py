@@ -115,12 +115,14 @@ class TaskRoutedLayer:
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapter_input = self.take_adapter_input(x)
         result = self.base_layer(x, *args, **kwargs)
-        if self.disable_adapters:
+        if self.disable_adapters or self.skip_adapters:
             return result
         for adapter_name in self.active_adapters:
             if adapter_name in self.adapter_down:
                 source = result if adapter_input is None else adapter_input
-                result = result + self.task_delta(adapter_name, source).to(result.dtype)
+                delta = self.task_delta(adapter_name, source).to(result.dtype)
+                self.record_delta(delta)
+                result = result + delta
         return result
 
 

@@ -1,0 +1,406 @@
+"""Layer importance scored while the HF ``Trainer`` trains, and the tools to act on it (pruning, AdapterDrop).
+
+Every score is "higher = more important", per layer of one layer stack:
+
+- ``block_influence``  1 - cos(layer input, layer output) per token, padding masked (ShortGPT's Block Influence).
+- ``angular_distance`` arccos(cos(h_l, h_{l+n})) / pi over blocks of ``n`` contiguous layers, assigned to the
+  block's first layer (Gromov et al.); with n = 1 it is the angular form of block influence.
+- ``gate_fisher``      mean squared gradient of a virtual residual gate g_l on the layer's update
+  (h_out = h_in + g_l (F(h_in))), dL/dg_l = sum_t <dL/dh_out, h_out - h_in>, from hooks: works with a frozen base.
+- ``taylor``           |dL/dg_l|: first-order estimate of the loss change when the layer is removed.
+- ``adapter_norm``     mean norm of the layer's adapter outputs (our adapters only).
+- ``weight_grad_norm`` summed gradient norms of the layer's trainable weights: a named baseline, known to be poor.
+- ``ablation``         loss increase on a calibration set when the layer is skipped (one-shot), and the greedy
+  iterative order (SLEB-style) in ``ablation_order``; computed by ``calibrate`` (the callback runs it at the end
+  when given a calibration set).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+from transformers import TrainerCallback
+
+from .pruning import find_layer_stacks, prune_layers
+
+TRAINING_METHODS = ("block_influence", "angular_distance", "gate_fisher", "taylor", "adapter_norm", "weight_grad_norm")
+METHODS = (*TRAINING_METHODS, "ablation")
+DEFAULT_METHOD = "block_influence"
+
+
+def _hidden(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _masked_mean(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean over tokens of a (batch, tokens) tensor, skipping padding."""
+    if mask is None or mask.shape != values.shape:
+        return values.mean()
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _in_backward() -> bool:
+    # a checkpointed layer re-runs its forward inside backward: do not count it twice
+    return torch._C._current_graph_task_id() != -1
+
+
+class LayerScorer:
+    """Hooks on one layer stack that accumulate the training-time scores; ``scores()`` reads them out."""
+
+    def __init__(self, model, methods: Sequence[str] = TRAINING_METHODS, stack: Optional[str] = None,
+                 angular_block: int = 1) -> None:
+        unknown = sorted(set(methods) - set(TRAINING_METHODS))
+        if unknown:
+            raise ValueError(f"Unknown importance method(s) {unknown}; training-time methods: {list(TRAINING_METHODS)} "
+                             "(and 'ablation', computed by calibrate()).")
+        stacks = find_layer_stacks(model)
+        if stack is None:
+            self.stack = stacks[-1]  # encoder-decoders: the decoder
+        else:
+            chosen = [s for s in stacks if s.path == stack or s.path.endswith("." + stack)]
+            if len(chosen) != 1:
+                raise ValueError(f"`stack` must name one of {[s.path for s in stacks]}, got {stack!r}.")
+            self.stack = chosen[0]
+        self.layers = list(self.stack.layers)
+        self.methods = tuple(methods)
+        self.angular_block = angular_block
+        self.model = model
+        self._sums = defaultdict(lambda: torch.zeros(len(self.layers), dtype=torch.float64))
+        self._counts = defaultdict(lambda: torch.zeros(len(self.layers), dtype=torch.float64))
+        self._mask = None
+        self._inputs: dict[int, torch.Tensor] = {}
+        self._handles = []
+
+    # hooks
+    def attach(self) -> LayerScorer:
+        self._handles.append(self.model.register_forward_pre_hook(self._capture_mask, with_kwargs=True))
+        for index, layer in enumerate(self.layers):
+            self._handles.append(layer.register_forward_pre_hook(self._pre_hook(index), with_kwargs=True))
+            self._handles.append(layer.register_forward_hook(self._post_hook(index), with_kwargs=True))
+        if "adapter_norm" in self.methods:
+            for layer in self.layers:
+                for adapter in self._adapter_layers(layer):
+                    adapter.delta_norms = []
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._inputs.clear()
+        for layer in self.layers:
+            for adapter in self._adapter_layers(layer):
+                adapter.delta_norms = None
+
+    @staticmethod
+    def _adapter_layers(layer):
+        from .tuners.bottleneck.layer import BottleneckLayer
+
+        return [m for m in layer.modules() if isinstance(m, BottleneckLayer)]
+
+    def _capture_mask(self, module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        self._mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+    def _pre_hook(self, index):
+        def hook(module, args, kwargs):
+            if not _in_backward():
+                self._inputs[index] = args[0] if args else kwargs.get("hidden_states")
+        return hook
+
+    def _post_hook(self, index):
+        def hook(module, args, kwargs, output):
+            if _in_backward() or index not in self._inputs:
+                return
+            h_in, h_out = self._inputs[index], _hidden(output)
+            if not isinstance(h_in, torch.Tensor) or h_in.shape != h_out.shape:
+                return
+            with torch.no_grad():
+                self._similarity_scores(index, h_in.detach(), h_out.detach())
+            if h_out.requires_grad and {"gate_fisher", "taylor"} & set(self.methods):
+                update = (h_out - h_in).detach()
+                h_out.register_hook(self._gate_gradient_hook(index, update))
+            self._inputs.pop(index - self.angular_block + 1, None)  # later layers' windows start after it
+        return hook
+
+    def _similarity_scores(self, index, h_in, h_out):
+        mask = self._mask
+        if mask is not None and mask.shape != h_out.shape[:2]:
+            mask = None
+        if "block_influence" in self.methods:
+            cosine = torch.nn.functional.cosine_similarity(h_in.float(), h_out.float(), dim=-1)
+            self._add("block_influence", index, _masked_mean(1 - cosine, mask))
+        start = index - self.angular_block + 1
+        if "angular_distance" in self.methods and start >= 0 and start in self._inputs:
+            first = self._inputs[start].detach().float()
+            cosine = torch.nn.functional.cosine_similarity(first, h_out.float(), dim=-1).clamp(-1, 1)
+            self._add("angular_distance", start, _masked_mean(torch.arccos(cosine) / math.pi, mask))
+
+    def _gate_gradient_hook(self, index, update):
+        def hook(grad):
+            gate_grad = (grad.detach().float() * update.float()).flatten(1).sum(dim=1)  # per example
+            if "gate_fisher" in self.methods:
+                self._add("gate_fisher", index, gate_grad.pow(2).mean())
+            if "taylor" in self.methods:
+                self._add("taylor", index, gate_grad.mean().abs())
+        return hook
+
+    def _add(self, method, index, value):
+        self._sums[method][index] += float(value)
+        self._counts[method][index] += 1
+
+    def after_backward(self) -> None:
+        """Read what only exists between backward and the optimizer step (gradient norms), and adapter norms."""
+        if "weight_grad_norm" in self.methods:
+            for index, layer in enumerate(self.layers):
+                norms = [p.grad.detach().float().norm() for p in layer.parameters() if p.grad is not None]
+                if norms:
+                    self._add("weight_grad_norm", index, torch.stack(norms).sum())
+        if "adapter_norm" in self.methods:
+            for index, layer in enumerate(self.layers):
+                recorded = [n for adapter in self._adapter_layers(layer) for n in (adapter.delta_norms or [])]
+                if recorded:
+                    self._add("adapter_norm", index, torch.stack(recorded).mean())
+                for adapter in self._adapter_layers(layer):
+                    adapter.delta_norms = []
+        self._inputs.clear()
+
+    def scores(self) -> dict[str, list[float]]:
+        return {
+            method: (self._sums[method] / self._counts[method].clamp(min=1)).tolist()
+            for method in self.methods
+            if self._counts[method].sum() > 0
+        }
+
+
+@contextmanager
+def skipping(layers: Iterable[torch.nn.Module]):
+    """Run the given layers as the identity (their output is their input)."""
+
+    def skip(module, args, kwargs, output):
+        h_in = args[0] if args else kwargs.get("hidden_states")
+        return (h_in, *output[1:]) if isinstance(output, tuple) else h_in
+
+    handles = [layer.register_forward_hook(skip, with_kwargs=True) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def calibration_loss(model, batches: Sequence[dict]) -> float:
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        losses = [float(model(**{k: v.to(device) for k, v in batch.items()}).loss) for batch in batches]
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def calibrate(model, batches: Sequence[dict], stack: Optional[str] = None, greedy_steps: Optional[int] = None):
+    """Ablation scores on calibration batches (each with ``labels``): the loss increase when each layer alone is
+    skipped, and the greedy order in which SLEB would remove layers (least harm first)."""
+    scorer_stack = LayerScorer(model, methods=(), stack=stack)
+    layers = scorer_stack.layers
+    base_loss = calibration_loss(model, batches)
+    one_shot = []
+    for layer in layers:
+        with skipping([layer]):
+            one_shot.append(calibration_loss(model, batches) - base_loss)
+    order, removed = [], []
+    for _ in range(min(greedy_steps or len(layers) - 1, len(layers) - 1)):
+        trials = {}
+        for index, layer in enumerate(layers):
+            if index not in removed:
+                with skipping([layers[i] for i in removed] + [layer]):
+                    trials[index] = calibration_loss(model, batches)
+        best = min(trials, key=trials.get)
+        removed.append(best)
+        order.append({"layer": best, "loss": trials[best]})
+    return {"stack": scorer_stack.stack.path, "base_loss": base_loss, "ablation": one_shot, "ablation_order": order}
+
+
+def least_important(scores: Sequence[float], count: int) -> list[int]:
+    """Indices of the ``count`` lowest-scoring layers."""
+    return sorted(sorted(range(len(scores)), key=lambda i: scores[i])[:count])
+
+
+class LayerImportanceCallback(TrainerCallback):
+    """Scores every layer of a layer stack during ``Trainer.train()``.
+
+    Scores go into the Trainer's logs (``layer_importance/<method>/<layer>``, so TensorBoard and other loggers see
+    them if this callback runs before theirs: use ``callback.attach(trainer)``), and at the end into
+    ``<output_dir>/layer_importance.json`` and ``layer_importance.png``. With ``calibration_batches`` the ablation
+    scores are added at the end. With ``prune_to`` (layers to keep) the model is pruned at the end by
+    ``prune_method``; heal it with a short fine-tune (``heal``) before use.
+    """
+
+    def __init__(self, methods: Sequence[str] = TRAINING_METHODS, stack: Optional[str] = None,
+                 calibration_batches: Optional[Sequence[dict]] = None, prune_to: Optional[int] = None,
+                 prune_method: str = DEFAULT_METHOD, angular_block: int = 1, output_dir: Optional[str] = None,
+                 log_scores: bool = True) -> None:
+        if prune_method not in METHODS:
+            raise ValueError(f"`prune_method` must be one of {list(METHODS)}, got {prune_method!r}.")
+        if prune_method == "ablation" and not calibration_batches:
+            raise ValueError("`prune_method='ablation'` needs `calibration_batches`.")
+        self.training_methods = tuple(m for m in methods if m != "ablation")
+        self.stack = stack
+        self.calibration_batches = calibration_batches
+        self.prune_to = prune_to
+        self.prune_method = prune_method
+        self.angular_block = angular_block
+        self.output_dir = output_dir
+        self.log_scores = log_scores
+        self.scorer: Optional[LayerScorer] = None
+        self.result: dict = {}
+
+    def attach(self, trainer) -> LayerImportanceCallback:
+        """Add this callback ahead of the Trainer's loggers, so their ``on_log`` sees the scores."""
+        trainer.callback_handler.callbacks.insert(0, self)
+        return self
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.scorer = LayerScorer(model, self.training_methods, self.stack, self.angular_block).attach()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.scorer is not None:
+            self.scorer.after_backward()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.scorer is None or logs is None or not self.log_scores:
+            return
+        for method, values in self.scorer.scores().items():
+            for index, value in enumerate(values):
+                logs[f"layer_importance/{method}/{index}"] = value
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.scorer is None:
+            return
+        self.scorer.detach()
+        result = {"stack": self.scorer.stack.path, "layers": len(self.scorer.layers), "scores": self.scorer.scores(),
+                  "global_step": state.global_step}
+        if self.calibration_batches:
+            start = time.perf_counter()
+            calibration = calibrate(model, self.calibration_batches, stack=self.scorer.stack.path)
+            result["scores"]["ablation"] = calibration["ablation"]
+            result["ablation_order"] = calibration["ablation_order"]
+            result["calibration_seconds"] = time.perf_counter() - start
+        if self.prune_to is not None:
+            scores = result["scores"][self.prune_method]
+            drop = least_important(scores, len(scores) - self.prune_to)
+            prune_layers(model, drop=drop, stack=self.scorer.stack.path)
+            result["pruned"] = {"method": self.prune_method, "dropped": drop}
+        self.result = result
+        out = self.output_dir or args.output_dir
+        if out and state.is_world_process_zero:
+            write_report(result, out)
+
+
+def write_report(result: dict, output_dir: str) -> None:
+    """``layer_importance.json`` and ``layer_importance.png`` (each method's scores, scaled to [0, 1])."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "layer_importance.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method, values in result["scores"].items():
+        low, high = min(values), max(values)
+        scaled = [(v - low) / (high - low) if high > low else 0.5 for v in values]
+        ax.plot(range(len(values)), scaled, marker="o", label=method)
+    ax.set_xlabel(f"layer of {result['stack']}")
+    ax.set_ylabel("importance (scaled to [0, 1])")
+    ax.set_title("Layer importance")
+    ax.set_xticks(range(result["layers"]))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(output_dir, "layer_importance.png"), dpi=120)
+    plt.close(fig)
+
+
+def set_adapter_drop(model, layers: Iterable[int], stack: Optional[str] = None) -> list[int]:
+    """AdapterDrop: bypass the adapters in the given layers (e.g. ``range(n)`` for the lowest n) until reset with
+    ``set_adapter_drop(model, [])``. Returns the layers now dropped."""
+    scorer = LayerScorer(model, methods=(), stack=stack)
+    chosen = set(layers)
+    for index, layer in enumerate(scorer.layers):
+        for adapter in scorer._adapter_layers(layer):
+            adapter.skip_adapters = index in chosen
+    return sorted(chosen)
+
+
+class AdapterDropCallback(TrainerCallback):
+    """AdapterDrop during training: each step, the adapters of the lowest k layers are bypassed, k drawn uniformly
+    from 0..max_layers (Rücklé et al. 2021), so the model stays usable with any of them dropped at inference."""
+
+    def __init__(self, max_layers: int, stack: Optional[str] = None, seed: int = 0) -> None:
+        self.max_layers, self.stack = max_layers, stack
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        k = int(torch.randint(0, self.max_layers + 1, (1,), generator=self.generator))
+        set_adapter_drop(model, range(k), stack=self.stack)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        set_adapter_drop(model, [], stack=self.stack)
+
+
+def heal(model, train_dataset, args, data_collator: Optional[Callable] = None, **trainer_kwargs):
+    """A short fine-tune of a pruned model with a fresh optimizer (pruning mid-run would leave stale state)."""
+    from transformers import Trainer
+
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
+                      **trainer_kwargs)
+    trainer.train()
+    return trainer
+
+
+def compression_plan(model, scores: Sequence[float], targets: Sequence[int], batch: dict,
+                     evaluate: Optional[Callable] = None, stack: Optional[str] = None, repeats: int = 5) -> list[dict]:
+    """For each number of layers to drop: the layers kept, parameter ratio, measured latency ratio on ``batch``
+    (median of ``repeats`` forwards, against the unpruned model in the same run) and, if given, ``evaluate(model)``."""
+    import copy
+    import statistics
+
+    def latency(m):
+        m.eval()
+        with torch.inference_mode():
+            m(**batch)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                m(**batch)
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    total = sum(p.numel() for p in model.parameters())
+    base_latency = latency(model)
+    plan = []
+    for count in targets:
+        drop = least_important(scores, count)
+        pruned = prune_layers(copy.deepcopy(model), drop=drop, stack=stack)
+        kept = [i for i in range(len(scores)) if i not in drop]
+        entry = {
+            "dropped": drop,
+            "kept": kept,
+            "layer_ratio": len(kept) / len(scores),
+            "parameter_ratio": sum(p.numel() for p in pruned.parameters()) / total,
+            "speedup": base_latency / latency(pruned),
+        }
+        if evaluate is not None:
+            entry["metric"] = evaluate(pruned)
+        plan.append(entry)
+    return plan
