@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import nbformat
 from nbclient import NotebookClient
@@ -60,7 +61,7 @@ def build(name: str, cells) -> str:
                       for kind, src in cells]
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = os.path.join(HERE, f"{name}.ipynb")
-    run(notebook, cwd=os.environ.get("NOTEBOOK_WORKDIR", HERE))
+    run(notebook, cwd=tempfile.mkdtemp(prefix=f"{name}-"))  # artifacts the notebook writes stay out of the repo
     nbformat.write(notebook, path)
     return path
 

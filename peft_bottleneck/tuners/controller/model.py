@@ -44,9 +44,6 @@ class AdapterControllerModel(BottleneckModel):
     prefix: str = "adapter_controller_"
     tuner_layer_cls = TaskRoutedLayer
 
-    def _prepare_adapter_config(self, peft_config: AdapterControllerConfig, model_config):
-        return super()._prepare_adapter_config(peft_config, model_config)
-
     def default_targets(self, peft_config: AdapterControllerConfig, positions):
         return _kind(peft_config)[0].default_targets(peft_config.adapter, positions)
 
