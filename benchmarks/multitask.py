@@ -54,7 +54,7 @@ def arguments(args, name, **kw):
     return TrainingArguments(output_dir=os.path.join(args.output_dir, name), per_device_train_batch_size=32,
                              per_device_eval_batch_size=128, learning_rate=args.learning_rate,
                              num_train_epochs=args.epochs, warmup_steps=0.1, save_strategy="no", report_to=[],
-                             seed=args.seed, logging_steps=50, **kw)
+                             seed=args.seed, logging_steps=50, max_grad_norm=args.max_grad_norm, **kw)
 
 
 def accuracy(logits, labels):
@@ -106,6 +106,8 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-grad-norm", type=float, default=1.0)
+    parser.add_argument("--skip-single", action="store_true", help="train only the controller")
     parser.add_argument("--output-dir", default="outputs/multitask")
     parser.add_argument("--output", default=None, help="write the figures as JSON")
     args = parser.parse_args(argv)
@@ -113,6 +115,9 @@ def main(argv=None):
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     data = load(tokenizer, args)
     controller = run_controller(args, tokenizer, data)
+    if args.skip_single:
+        print(f"\ncontroller test accuracy: {controller['accuracy']} ({controller['seconds']:.0f} s)")
+        return
     single = {task: run_single(args, tokenizer, data, task) for task in TASKS}
 
     print(f"\nMiniLM-L6, {args.train_per_task} training examples per task, {args.epochs} epochs, lr "
