@@ -111,7 +111,7 @@ def run_seed(args, seed, tokenizer, splits, collator):
         choices = {method: least_important(values, k) for method, values in scores.items()}
         choices.update({name: rule(k) for name, rule in rules.items()})
         per_k[k] = {
-            "choices": {name: {"dropped": d, "test": sets[tuple(d)]["test"]} for name, d in choices.items()},
+            "choices": {name: {"dropped": d, **sets[tuple(d)]} for name, d in choices.items()},
             "oracle": {"dropped": list(oracle), "test": sets[oracle]["test"]},
             "random": {"mean": statistics.mean(tests), "std": statistics.pstdev(tests), "min": min(tests),
                        "max": max(tests), "sets": len(tests)},
@@ -119,7 +119,7 @@ def run_seed(args, seed, tokenizer, splits, collator):
 
     healed = {}
     if args.heal_steps and 2 in per_k:
-        for name, drop in (("default", per_k[2]["choices"][DEFAULT_METHOD]["dropped"]),
+        for name, drop in ((DEFAULT_METHOD, per_k[2]["choices"][DEFAULT_METHOD]["dropped"]),
                            ("oracle", per_k[2]["oracle"]["dropped"])):
             healed[name] = heal_and_score(prune_layers(copy.deepcopy(model), drop=drop), args, seed, data, collator,
                                           args.heal_steps)
@@ -148,6 +148,11 @@ def summarize(runs, args):
         lines.append(f"| {k} | " + " | ".join(f"{c:.4f}" for c in cells) +
                      f" | {statistics.mean(x['mean'] for x in rand):.4f} ({min(x['min'] for x in rand):.4f}-"
                      f"{max(x['max'] for x in rand):.4f}) | {oracle:.4f} |")
+    validation = {n: statistics.mean(r["all_sets"][",".join(map(str, r["per_k"][2]["choices"][n]["dropped"]))]
+                                     ["validation"] for r in runs) for n in names} if 2 in args.drop else {}
+    if validation:
+        lines += ["", "k = 2, validation accuracy of each method's drop-set (the rule for picking a default): " +
+                  ", ".join(f"{n} {v:.4f}" for n, v in sorted(validation.items(), key=lambda kv: -kv[1]))]
     lines += ["", "Spearman correlation with one-shot ablation (mean over seeds): " + ", ".join(
         f"{m} {statistics.mean(r['spearman_vs_ablation'][m] for r in runs):+.2f}"
         for m in runs[0]["spearman_vs_ablation"])]
@@ -173,7 +178,15 @@ def main(argv=None):
     parser.add_argument("--overhead-check", action="store_true", help="also train once without the callback")
     parser.add_argument("--output-dir", default="outputs/layer_importance")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--summarize", default=None, help="print the summary of a saved --output JSON and exit")
     args = parser.parse_args(argv)
+    if args.summarize:
+        with open(args.summarize) as f:
+            saved = json.load(f)
+        for run in saved["runs"]:  # JSON turned the integer keys into strings
+            run["per_k"] = {int(k): v for k, v in run["per_k"].items()}
+        print(summarize(saved["runs"], argparse.Namespace(**saved["args"])))
+        return
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     splits = sentiment_splits().map(lambda b: tokenizer(b["text"], truncation=True, max_length=args.max_length),

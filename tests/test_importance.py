@@ -141,7 +141,7 @@ def test_calibrate_one_shot_and_greedy():
 
 
 def test_prune_at_the_end_of_training(tmp_path):
-    callback = LayerImportanceCallback(methods=("block_influence",), prune_to=1)
+    callback = LayerImportanceCallback(methods=("block_influence",), prune_to=1, prune_method="block_influence")
     model, _ = train_with(callback, tmp_path)
     assert len(find_layer_stacks(model)[0].layers) == 1
     assert callback.result["pruned"]["dropped"] == least_important(callback.result["scores"]["block_influence"], 1)
@@ -191,3 +191,5 @@ def test_unknown_method_and_bad_prune_method():
         LayerImportanceCallback(prune_method="magic")
     with pytest.raises(ValueError, match="calibration_batches"):
         LayerImportanceCallback(prune_method="ablation")
+    with pytest.raises(ValueError, match="scored `methods`"):
+        LayerImportanceCallback(methods=("block_influence",), prune_to=2)
