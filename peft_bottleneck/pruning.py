@@ -156,6 +156,9 @@ def prune_layers(
     for peft_config in (getattr(model, "peft_config", None) or {}).values():
         if hasattr(peft_config, "layer_map"):
             peft_config.layer_map = dict(layer_map)
+    from .tuners.compacter.layer import rehome_shared_rules  # here: the tuners import this module
+
+    rehome_shared_rules(base)
     return model
 
 

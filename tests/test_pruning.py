@@ -6,7 +6,8 @@ from conftest import CONFIGS, task_type, tiny_inputs, tiny_model
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, Qwen2Config
 
-from peft_bottleneck import BottleneckConfig, find_layer_stacks, prune_layers
+from peft_bottleneck import BottleneckConfig, CompacterConfig, find_layer_stacks, prune_layers
+from peft_bottleneck.phm import PHMRule
 
 
 @pytest.mark.parametrize("model_type, stacks", [
@@ -126,3 +127,17 @@ def test_pruning_twice_composes_the_map():
     prune_layers(model, drop=[0])
     assert model.config.pruned_layer_map == {"model.layers": [2, 3]}
     assert model.config.num_hidden_layers == 2 and len(model.config.layer_types) == 2
+
+
+def test_compacter_shared_rule_survives_pruning_its_owner_layer(tmp_path):
+    config = CompacterConfig(task_type="SEQ_CLS", bottleneck_size=8, init_weights=False, phm_init_range=0.5)
+    model = get_peft_model(tiny_model("bert"), config).eval()
+    prune_layers(model, drop=[0])  # layer 0 registered the shared rule
+    assert sum(isinstance(m, PHMRule) for m in model.modules()) == 1
+    inputs = tiny_inputs("bert")
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(prune_layers(tiny_model("bert"), drop=[0]), tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, expected)

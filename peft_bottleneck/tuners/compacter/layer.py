@@ -72,3 +72,15 @@ class CompacterLayer(BottleneckLayer):
         device = down.factors()[0].device
         down_rule, up_rule = (r.to(device) for r in self.rule(adapter_name).down_up())
         return down.weight(down_rule), down.bias, up.weight(up_rule), up.bias
+
+
+def rehome_shared_rules(model) -> None:
+    """Register every shared rule in a layer again if the layer that held it is gone (e.g. pruned away)."""
+    layers = [m for m in model.modules() if isinstance(m, CompacterLayer)]
+    registered = {id(rule) for layer in layers for rule in layer.rule_store.values()}
+    for layer in layers:
+        for name, rule in list(layer.rule_refs.items()):
+            if id(rule) not in registered:
+                del layer.rule_refs[name]
+                layer.rule_store[name] = rule
+                registered.add(id(rule))
