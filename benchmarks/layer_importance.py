@@ -1,13 +1,15 @@
 """Which layers can go? Every importance method against simple rules, all random drop-sets and the oracle.
 
     python benchmarks/layer_importance.py --seeds 0 1 2      # MiniLM-L6 + Houlsby adapter on bundled sentiment
+    python benchmarks/layer_importance.py --seeds 0 --train-samples 128 --validation-samples 64 --heal-steps 2 \
+        --max-test-samples 64 --epochs 1                     # smoke run
 
 Per seed: fine-tune MiniLM-L6 with a Houlsby adapter on the Rotten Tomatoes sentences while
 LayerImportanceCallback scores the 6 layers (all training-time methods, plus ablation on 4 validation batches).
 Then, for k = 1, 2, 3 layers dropped, evaluate every one of the C(6, k) drop-sets without healing on a validation
 subset and on the test split: each method's choice, dropping from the top, from the bottom, alternate layers, the
-distribution over all drop-sets, and the oracle (best on validation, reported on test). At k = 2 the default method's
-choice and the oracle's are healed with a fixed budget of extra steps, against the unpruned model given the same
+distribution over all drop-sets, and the oracle (best on validation, reported on test). At every k, every method's
+drop-set and the oracle's are healed with the same budget of extra steps, against the unpruned model given the same
 steps. Also: Spearman rank correlation of each method's ordering with one-shot ablation, training time with and
 without the callback, and the measured speed-up and parameter ratio of each pruned size.
 """
@@ -83,11 +85,28 @@ def heal_and_score(model, args, seed, data, collator, steps):
     return accuracy(model, data["test"], collator)
 
 
+def heal_every_choice(model, per_k, args, seed, data, collator) -> dict:
+    """Test accuracy after the same healing budget for every method's drop-set and the oracle's, at every k, and
+    for the unpruned model given the same steps. Each distinct drop-set is healed once (methods often agree)."""
+    by_set = {}
+    healed = {"unpruned": heal_and_score(copy.deepcopy(model), args, seed, data, collator, args.heal_steps)}
+    for k, entry in per_k.items():
+        named = {name: choice["dropped"] for name, choice in entry["choices"].items()}
+        named["oracle"] = entry["oracle"]["dropped"]
+        for name, drop in named.items():
+            key = tuple(sorted(drop))
+            if key not in by_set:
+                pruned = prune_layers(copy.deepcopy(model), drop=list(key))
+                by_set[key] = heal_and_score(pruned, args, seed, data, collator, args.heal_steps)
+            healed.setdefault(str(k), {})[name] = by_set[key]
+    return healed
+
+
 def run_seed(args, seed, tokenizer, splits, collator):
     data = {
         "train": splits["train"].shuffle(seed=seed).select(range(args.train_samples)),
         "validation": splits["validation"].select(range(args.validation_samples)),
-        "test": splits["test"],
+        "test": splits["test"].select(range(min(args.max_test_samples or len(splits["test"]), len(splits["test"])))),
     }
     model, result, train_seconds = fine_tune(args, seed, data, collator)
     scores = dict(result["scores"])
@@ -117,19 +136,13 @@ def run_seed(args, seed, tokenizer, splits, collator):
                        "max": max(tests), "sets": len(tests)},
         }
 
-    healed = {}
-    if args.heal_steps and 2 in per_k:
-        for name, drop in ((DEFAULT_METHOD, per_k[2]["choices"][DEFAULT_METHOD]["dropped"]),
-                           ("oracle", per_k[2]["oracle"]["dropped"])):
-            healed[name] = heal_and_score(prune_layers(copy.deepcopy(model), drop=drop), args, seed, data, collator,
-                                          args.heal_steps)
-        healed["unpruned"] = heal_and_score(copy.deepcopy(model), args, seed, data, collator, args.heal_steps)
+    healed = heal_every_choice(model, per_k, args, seed, data, collator) if args.heal_steps else {}
 
     correlation = {m: spearman(v, scores["ablation"]) for m, v in scores.items() if m != "ablation"}
     batch = {k: v for k, v in collator([data["test"][i] for i in range(32)]).items() if k != "labels"}
     plan = compression_plan(model, scores[DEFAULT_METHOD], targets=args.drop, batch=batch)
     return {"seed": seed, "scores": scores, "ablation_order": greedy, "full": full, "per_k": per_k,
-            "healed_k2": healed, "spearman_vs_ablation": correlation, "plan": plan,
+            "healed": healed, "spearman_vs_ablation": correlation, "plan": plan,
             "train_seconds_with_callback": train_seconds, "calibration_seconds": result.get("calibration_seconds"),
             "all_sets": {",".join(map(str, d)): v for d, v in by_set.items()}}
 
@@ -156,7 +169,16 @@ def summarize(runs, args):
     lines += ["", "Spearman correlation with one-shot ablation (mean over seeds): " + ", ".join(
         f"{m} {statistics.mean(r['spearman_vs_ablation'][m] for r in runs):+.2f}"
         for m in runs[0]["spearman_vs_ablation"])]
-    if runs[0]["healed_k2"]:
+    if runs[0].get("healed"):
+        lines += ["", f"Healed with {args.heal_steps} extra steps (fresh optimizer), test accuracy, mean over seeds; the "
+                  "unpruned model given the same steps: "
+                  f"{statistics.mean(r['healed']['unpruned'] for r in runs):.4f}", "",
+                  "| k dropped | " + " | ".join(names) + " | oracle |", "|" + "---|" * (len(names) + 2)]
+        for k in args.drop:
+            cells = [statistics.mean(r["healed"][str(k)][n] for r in runs) for n in names + ["oracle"]]
+            lines.append(f"| {k} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
+        lines.append("")
+    elif runs[0].get("healed_k2"):  # results saved before every method was healed
         lines.append("Healed, k = 2 (" + str(args.heal_steps) + " extra steps): " + ", ".join(
             f"{name} {statistics.mean(r['healed_k2'][name] for r in runs):.4f}" for name in runs[0]["healed_k2"]))
     lines.append("Pruned sizes (default method, seed " + str(runs[0]["seed"]) + "): " + "; ".join(
@@ -171,6 +193,7 @@ def main(argv=None):
     parser.add_argument("--drop", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--train-samples", type=int, default=3000)
     parser.add_argument("--validation-samples", type=int, default=500)
+    parser.add_argument("--max-test-samples", type=int, default=None, help="cap the test split (smoke runs)")
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--heal-steps", type=int, default=60)

@@ -14,10 +14,35 @@ def bert_base_config_kwargs(quick: bool) -> dict:
     return dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512) if quick else {}
 
 
-def random_batch(vocab_size: int, batch_size: int, length: int) -> dict:
+# SmolLM2-135M's shape (30 x 576, GQA 9/3 heads, vocab 49152, tied): the peer builds it from these numbers
+SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                     num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192)
+
+
+def random_batch(vocab_size: int, batch_size: int, length: int, causal: bool = False) -> dict:
+    """Token ids in a fixed random draw; labels for sequence classification (one per example) or causal LM."""
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, vocab_size, (batch_size, length), generator=generator)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(batch_size, dtype=torch.long)}
+    labels = ids.clone() if causal else torch.zeros(batch_size, dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def peak_train_memory_mb(model, batch: dict, steps: int = 2) -> dict:
+    """Peak resident memory (MB) of this process while it runs ``steps`` train steps, and the resident memory
+    before them. Linux only: the high-water mark is reset through /proc/self/clear_refs, so the model's load does
+    not count. Run one model per process, or the others' memory counts too."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    for _ in range(steps):
+        time_train_step(model, batch, optimizer)
+    return {"rss_before_mb": before / 1024, "peak_rss_mb": _status_kib("VmHWM") / 1024}
 
 
 def time_forward(model, batch) -> float:

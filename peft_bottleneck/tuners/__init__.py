@@ -1,6 +1,6 @@
 from .bottleneck import AdapterConfigBase, BottleneckConfig, BottleneckLayer, BottleneckModel
 from .compacter import CompacterConfig, CompacterLayer, CompacterModel
-from .controller import AdapterControllerConfig, AdapterControllerModel, TaskCollator
+from .controller import AdapterControllerConfig, AdapterControllerModel, TaskCollator, TaskMaskedLoss
 from .output_adapter import OutputAdapterConfig, OutputAdapterLayer, OutputAdapterModel
 from .parallel import ParallelAdapterConfig, ParallelAdapterLayer, ParallelAdapterModel
 
@@ -8,6 +8,7 @@ __all__ = [
     "AdapterControllerConfig",
     "AdapterControllerModel",
     "TaskCollator",
+    "TaskMaskedLoss",
     "AdapterConfigBase",
     "BottleneckConfig",
     "BottleneckLayer",

@@ -1,0 +1,232 @@
+"""Accuracy table: MiniLM-L6 on bundled sentiment and BBC topics, full fine-tuning vs head only vs our adapters vs
+PEFT LoRA, 3 seeds, learning rate per method chosen on validation only.
+
+    python benchmarks/accuracy.py                       # both tasks, every method (about 75 min on 2 idle cores)
+    python benchmarks/accuracy.py --tasks topic --methods houlsby lora --seeds 0 --quick   # smoke run
+
+Protocol: every learning rate of a method's grid is trained with the first seed; the rate with the best validation
+accuracy is kept (test is never looked at), and the remaining seeds are trained at that rate. Reported: test
+accuracy and macro-F1 (mean and standard deviation over the seeds), trainable-parameter share, training wall time.
+Finished runs are kept in the JSON (``--output``), so an interrupted run resumes where it stopped. Writes a
+markdown table (``.md``) and a plot (``.png``) next to the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+)
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from peft_bottleneck import BottleneckConfig, CompacterConfig, ParallelAdapterConfig  # noqa: E402
+from peft_bottleneck.bundled import minilm_path, sentiment_splits, topic_splits  # noqa: E402
+from peft_bottleneck.metrics import load_classification_metric  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+# task: (loader, training examples, max length in tokens). Sized for a 2-core CPU: 32 runs per task.
+TASKS = {"sentiment": (sentiment_splits, 1200, 64), "topic": (topic_splits, 800, 96)}
+MAX_VALIDATION = 500  # the rate choice needs no more; test stays whole
+
+# method: (how the model is made, learning-rate grid). Grids follow each method's usual range.
+METHODS = {
+    "full": ("full", (3e-5, 1e-4, 3e-4)),
+    "head-only": ("head", (3e-3, 1e-2)),
+    "houlsby": (lambda: BottleneckConfig(task_type="SEQ_CLS"), (1e-3, 3e-3)),
+    "pfeiffer": (lambda: BottleneckConfig(task_type="SEQ_CLS", placement="pfeiffer"), (1e-3, 3e-3)),
+    "parallel": (lambda: ParallelAdapterConfig(task_type="SEQ_CLS"), (1e-3, 3e-3)),
+    "compacter": (lambda: CompacterConfig(task_type="SEQ_CLS"), (3e-3, 1e-2)),
+    "compacter++": (lambda: CompacterConfig(task_type="SEQ_CLS", placement="pfeiffer"), (3e-3, 1e-2)),
+    "lora": (lambda: LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16), (1e-3, 3e-3)),
+}
+LABELS = {"full": "full fine-tuning", "head-only": "head only", "houlsby": "Houlsby", "pfeiffer": "Pfeiffer",
+          "parallel": "parallel", "compacter": "Compacter", "compacter++": "Compacter++", "lora": "PEFT LoRA r8"}
+
+
+def build_model(method: str, num_labels: int):
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=num_labels)
+    make, _ = METHODS[method]
+    if make == "head":
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad = name.startswith("classifier")
+    elif make != "full":
+        model = get_peft_model(model, make())
+    return model
+
+
+def load_task(task: str, tokenizer, quick: bool):
+    loader, n_train, max_length = TASKS[task]
+    splits = loader()
+    if quick:
+        n_train = 64
+        splits["validation"] = splits["validation"].select(range(64))
+        splits["test"] = splits["test"].select(range(64))
+    splits["train"] = splits["train"].select(range(min(n_train, len(splits["train"]))))
+    splits["validation"] = splits["validation"].select(range(min(MAX_VALIDATION, len(splits["validation"]))))
+    tokenized = splits.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True,
+                           remove_columns=["text"])
+    return tokenized, len(set(splits["train"]["label"]))
+
+
+def train_once(method, task, data, num_labels, tokenizer, learning_rate, seed, args) -> dict:
+    torch.manual_seed(seed)
+    model = build_model(method, num_labels)
+    metric = load_classification_metric()
+    training_args = TrainingArguments(
+        output_dir=os.path.join(args.scratch_dir, task, method), per_device_train_batch_size=32,
+        per_device_eval_batch_size=128, learning_rate=learning_rate, num_train_epochs=args.epochs,
+        warmup_steps=0.1, weight_decay=0.0, save_strategy="no", eval_strategy="no", report_to=[], seed=seed,
+        logging_steps=50, disable_tqdm=True, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=training_args, train_dataset=data["train"],
+                      data_collator=DataCollatorWithPadding(tokenizer),
+                      compute_metrics=lambda p: metric.compute(predictions=np.argmax(p.predictions, -1),
+                                                               references=p.label_ids))
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    validation = trainer.evaluate(data["validation"], metric_key_prefix="validation")
+    test = trainer.evaluate(data["test"], metric_key_prefix="test")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"task": task, "method": method, "learning_rate": learning_rate, "seed": seed, "seconds": seconds,
+            "validation_accuracy": validation["validation_accuracy"], "test_accuracy": test["test_accuracy"],
+            "test_macro_f1": test["test_macro_f1"], "trainable": trainable, "total": total}
+
+
+class RunStore:
+    """Finished runs in one JSON file, written after every run so an interrupted benchmark resumes."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.path = path
+        self.settings = settings
+        saved = json.loads(path.read_text()) if path.exists() else {"settings": settings, "runs": []}
+        if saved["settings"] != settings:
+            raise ValueError(f"{path} holds runs made with other settings ({saved['settings']}); pass another "
+                             "--output or delete it.")
+        self.runs = saved["runs"]
+
+    def find(self, task, method, learning_rate, seed):
+        for run in self.runs:
+            if (run["task"], run["method"], run["learning_rate"], run["seed"]) == (task, method, learning_rate, seed):
+                return run
+        return None
+
+    def add(self, run: dict) -> None:
+        self.runs.append(run)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"settings": self.settings, "runs": self.runs}, indent=1))
+        tmp.replace(self.path)
+
+
+def run_method(store, method, task, data, num_labels, tokenizer, args) -> list[dict]:
+    """Grid on the first seed, best rate by validation accuracy, then the other seeds at that rate."""
+
+    def get(learning_rate, seed):
+        run = store.find(task, method, learning_rate, seed)
+        if run is None:
+            run = train_once(method, task, data, num_labels, tokenizer, learning_rate, seed, args)
+            store.add(run)
+            print(f"{task:9s} {method:12s} lr {learning_rate:g} seed {seed}: validation "
+                  f"{run['validation_accuracy']:.4f} test {run['test_accuracy']:.4f} ({run['seconds']:.0f} s)",
+                  flush=True)
+        return run
+
+    first, *others = args.seeds
+    grid = [get(learning_rate, first) for learning_rate in METHODS[method][1]]
+    best = max(grid, key=lambda run: run["validation_accuracy"])
+    return [best] + [get(best["learning_rate"], seed) for seed in others]
+
+
+def summarize(runs: list[dict]) -> dict:
+    def mean_std(key):
+        values = [run[key] for run in runs]
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    return {"learning_rate": runs[0]["learning_rate"], "seeds": len(runs), "accuracy": mean_std("test_accuracy"),
+            "macro_f1": mean_std("test_macro_f1"), "share": runs[0]["trainable"] / runs[0]["total"],
+            "trainable": runs[0]["trainable"], "seconds": statistics.mean(run["seconds"] for run in runs)}
+
+
+def markdown(summaries: dict, args) -> str:
+    lines = [f"MiniLM-L6 (bundled), {args.epochs:g} epochs, batch 32, seeds {args.seeds}; learning rate chosen on "
+             "validation with the first seed; test accuracy and macro-F1 as mean +- std over seeds.", ""]
+    for task, by_method in summaries.items():
+        full = by_method.get("full")
+        lines += [f"**{task}**", "",
+                  "| method | lr | test accuracy | test macro-F1 | vs full FT (points) | trained params | share | "
+                  "train time (s) |", "|---|---|---|---|---|---|---|---|"]
+        for method, s in by_method.items():
+            gap = f"{100 * (s['accuracy'][0] - full['accuracy'][0]):+.1f}" if full else "-"
+            lines.append(f"| {LABELS[method]} | {s['learning_rate']:g} | {s['accuracy'][0]:.4f} +- "
+                         f"{s['accuracy'][1]:.4f} | {s['macro_f1'][0]:.4f} +- {s['macro_f1'][1]:.4f} | {gap} | "
+                         f"{s['trainable']:,} | {100 * s['share']:.2f}% | {s['seconds']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(summaries: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summaries), figsize=(6 * len(summaries), 4), squeeze=False)
+    for ax, (task, by_method) in zip(axes[0], summaries.items()):
+        names = list(by_method)
+        means = [100 * by_method[m]["accuracy"][0] for m in names]
+        stds = [100 * by_method[m]["accuracy"][1] for m in names]
+        ax.bar(range(len(names)), means, yerr=stds, capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(names)), [f"{LABELS[m]}\n{100 * by_method[m]['share']:.2g}%" for m in names],
+                      rotation=45, ha="right", fontsize=8)
+        ax.set_ylim(max(0, min(means) - 10), 100)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"MiniLM-L6, {task} (label: trained share)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(TASKS))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=float, default=2)
+    parser.add_argument("--quick", action="store_true", help="64 examples per split: checks the script only")
+    parser.add_argument("--output", type=Path, default=RESULTS / "accuracy_minilm.json")
+    parser.add_argument("--scratch-dir", default="outputs/accuracy")
+    args = parser.parse_args(argv)
+    hf_logging.set_verbosity_error()
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    store = RunStore(args.output, {"epochs": args.epochs, "quick": args.quick,
+                                   "tasks": {t: list(TASKS[t][1:]) for t in TASKS}})
+    summaries = {}
+    for task in args.tasks:
+        data, num_labels = load_task(task, tokenizer, args.quick)
+        summaries[task] = {method: summarize(run_method(store, method, task, data, num_labels, tokenizer, args))
+                           for method in args.methods}
+    table = markdown(summaries, args)
+    print("\n" + table)
+    args.output.with_suffix(".md").write_text(table + "\n")
+    plot(summaries, args.output.with_suffix(".png"))
+    return summaries
+
+
+if __name__ == "__main__":
+    main()
