@@ -39,7 +39,7 @@ from transformers import (  # noqa: E402
 
 from peft_bottleneck import BottleneckConfig, LayerImportanceCallback, compression_plan, prune_layers  # noqa: E402
 from peft_bottleneck.bundled import minilm_path, sentiment_splits  # noqa: E402
-from peft_bottleneck.importance import DEFAULT_METHOD, least_important  # noqa: E402
+from peft_bottleneck.importance import default_prune_method, least_important  # noqa: E402
 
 LAYERS = 6
 
@@ -121,7 +121,7 @@ def run_seed(args, seed, tokenizer, splits, collator):
             by_set[drop] = {name: accuracy(pruned, data[name], collator) for name in ("validation", "test")}
 
     rules = {"top": lambda k: list(range(LAYERS - k, LAYERS)), "bottom": lambda k: list(range(k)),
-             "alternate": lambda k: sorted([5, 3, 1][:k]), "ablation_greedy": lambda k: sorted(greedy[:k])}
+             "alternate": lambda k: sorted([5, 3, 1][:k])}  # greedy ablation comes with the scores
     per_k = {}
     for k in args.drop:
         sets = {d: v for d, v in by_set.items() if len(d) == k}
@@ -140,7 +140,7 @@ def run_seed(args, seed, tokenizer, splits, collator):
 
     correlation = {m: spearman(v, scores["ablation"]) for m, v in scores.items() if m != "ablation"}
     batch = {k: v for k, v in collator([data["test"][i] for i in range(32)]).items() if k != "labels"}
-    plan = compression_plan(model, scores[DEFAULT_METHOD], targets=args.drop, batch=batch)
+    plan = compression_plan(model, scores[default_prune_method(calibrated=True)], targets=args.drop, batch=batch)
     return {"seed": seed, "scores": scores, "ablation_order": greedy, "full": full, "per_k": per_k,
             "healed": healed, "spearman_vs_ablation": correlation, "plan": plan,
             "train_seconds_with_callback": train_seconds, "calibration_seconds": result.get("calibration_seconds"),

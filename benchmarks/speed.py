@@ -2,7 +2,7 @@
 AdapterHub, as ratios in one run.
 
     python benchmarks/speed.py                    # bert-base shape (12 x 768, random weights), batch 8, length 128
-    python benchmarks/speed.py --model smollm2    # SmolLM2-135M (bundled, real weights), causal LM, batch 4
+    python benchmarks/speed.py --model smollm2    # SmolLM2-135M (bundled, real weights), causal LM, batch 2
     python benchmarks/speed.py --adapterhub-python .venv-adapterhub/bin/python   # + the AdapterHub peer
     python benchmarks/speed.py --quick            # a small shape, to check the script
 
@@ -12,7 +12,9 @@ rounds. The AdapterHub peer (transformers 4.57) runs in its own process right af
 the same shape (random weights for SmolLM2's shape: speed does not depend on the values), so its figures are
 compared both in seconds and as ratios to its own base. The base row's train step is full fine-tuning.
 Peak memory: each variant runs two train steps in a process of its own (Linux high-water mark, reset after the
-model is loaded), so it counts weights, gradients, optimizer state and activations of that variant alone.
+model is loaded): weights, gradients, optimizer state and activations of that variant alone, plus the Python
+process and its libraries (transformers 5 and PEFT here, transformers 4.57 for the peer), so compare the peaks
+also as ratios to each side's own base.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from timing import (  # noqa: E402
 
 # model: (task type, LoRA targets, default batch size, Compacter reduction factor). SmolLM2's 576 // 32 = 18 is not
 # divisible by phm_dim 4 (AdapterHub refuses it), so Compacter uses 576 // 16 = 36 there, on both sides.
-MODELS = {"bert-base": ("SEQ_CLS", ["query", "value"], 8, 32), "smollm2": ("CAUSAL_LM", ["q_proj", "v_proj"], 4, 16)}
+MODELS = {"bert-base": ("SEQ_CLS", ["query", "value"], 8, 32), "smollm2": ("CAUSAL_LM", ["q_proj", "v_proj"], 2, 16)}
 QUICK_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, vocab_size=4000, tie_word_embeddings=True)
 
@@ -121,23 +123,18 @@ def peer_memory(python: str, name: str, args) -> dict:
                                 + common_flags(args))
 
 
-def step_mb(result: dict) -> float:
-    return result["peak_rss_mb"] - result["rss_before_mb"]
-
-
 def print_tables(ours: dict, peer: dict | None, args, shape: str) -> None:
     print(f"\n{args.model} ({shape}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"median of {args.rounds} interleaved rounds; peak = resident memory during 2 train steps in a process of "
-          "its own; step = peak minus the resident memory before the steps (gradients, optimizer state, activations)")
+          f"median of {args.rounds} interleaved rounds; peak = resident memory of a process of its own during 2 train "
+          "steps (Python, libraries and weights included)")
     print("| variant | forward (s) | forward / base | train step (s) | train step / base | peak MB | peak / base | "
-          "step MB | step / base | trainable |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "trainable |")
+    print("|---|---|---|---|---|---|---|---|")
     base = ours["base"]
     for name, r in ours.items():
         print(f"| {name} | {r['forward_s']:.3f} | {r['forward_s'] / base['forward_s']:.3f} | "
               f"{r['train_step_s']:.3f} | {r['train_step_s'] / base['train_step_s']:.3f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['peak_rss_mb'] / base['peak_rss_mb']:.3f} | {step_mb(r):.0f} | {step_mb(r) / step_mb(base):.3f} | "
-              f"{r['trainable_params']:,} |")
+              f"{r['peak_rss_mb'] / base['peak_rss_mb']:.3f} | {r['trainable_params']:,} |")
     for name in ("compacter", "compacter++"):
         houlsby_like = "houlsby" if name == "compacter" else "pfeiffer"
         print(f"{name}: train step {ours[name]['train_step_s'] / ours[houlsby_like]['train_step_s']:.3f}x "
@@ -148,9 +145,9 @@ def print_tables(ours: dict, peer: dict | None, args, shape: str) -> None:
     print(f"\nAdapterHub adapters {peer['versions']['adapters']} (transformers {peer['versions']['transformers']}),"
           " same shape, own process right after")
     print("| config | ours train step (s) | AdapterHub train step (s) | ours / AdapterHub | ours / our base | "
-          "AdapterHub / its base | ours forward / AdapterHub forward | ours step MB / AdapterHub step MB | "
-          "trainable ours / AdapterHub |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "AdapterHub / its base | ours forward / AdapterHub forward | peak MB ours / AdapterHub | peak / own base, "
+          "ours / AdapterHub | trainable ours / AdapterHub |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in theirs.items():
         if name == "base":
             continue
@@ -158,7 +155,9 @@ def print_tables(ours: dict, peer: dict | None, args, shape: str) -> None:
               f"{ours[name]['train_step_s'] / r['train_step_s']:.3f} | "
               f"{ours[name]['train_step_s'] / ours['base']['train_step_s']:.3f} | "
               f"{r['train_step_s'] / theirs['base']['train_step_s']:.3f} | "
-              f"{ours[name]['forward_s'] / r['forward_s']:.3f} | {step_mb(ours[name]):.0f} / {step_mb(r):.0f} | "
+              f"{ours[name]['forward_s'] / r['forward_s']:.3f} | {ours[name]['peak_rss_mb']:.0f} / {r['peak_rss_mb']:.0f} | "
+              f"{ours[name]['peak_rss_mb'] / ours['base']['peak_rss_mb']:.3f} / "
+              f"{r['peak_rss_mb'] / theirs['base']['peak_rss_mb']:.3f} | "
               f"{ours[name]['trainable_params']:,} / {r['trainable_params']:,} |")
 
 

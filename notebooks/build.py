@@ -193,16 +193,18 @@ LAYER_IMPORTANCE = [
              "pd.set_option('display.float_format', '{:.3g}'.format)\n"
              "scores = pd.DataFrame(callback.result['scores']).T\nscores.columns.name = 'layer'\nscores"),
     ("code", "display(Image('importance-out/layer_importance.png'))"),
-    ("markdown", "A compression plan for the default score (gate-gradient Fisher): for each number of layers "
+    ("markdown", "A compression plan for the default score (greedy calibration ablation, SLEB-style, since the "
+                 "callback had calibration batches; gate-gradient Fisher without them): for each number of layers "
                  "dropped, the layers kept, the parameter share, the measured speed-up and the accuracy (no "
                  "healing yet). Parameters fall more slowly than layers: the embeddings stay."),
-    ("code", "fisher = callback.result['scores']['gate_fisher']\n"
+    ("code", "print('default pruning score:', callback.prune_method)\n"
+             "default = callback.result['scores'][callback.prune_method]\n"
              "latency_batch = {k: v for k, v in calibration[0].items() if k != 'labels'}\n"
-             "plan = compression_plan(model, fisher, targets=[1, 2, 3], batch=latency_batch, evaluate=accuracy)\n"
+             "plan = compression_plan(model, default, targets=[1, 2, 3], batch=latency_batch, evaluate=accuracy)\n"
              "pd.DataFrame(plan).round(3)"),
     ("markdown", "Prune two layers, then heal with a short fine-tune (fresh optimizer). The adapters go with their "
                  "layers; the config and the layer map follow."),
-    ("code", "drop = least_important(fisher, 2)\nprune_layers(model, drop=drop)\n"
+    ("code", "drop = least_important(default, 2)\nprune_layers(model, drop=drop)\n"
              "print('dropped', drop, '-> layers:', model.config.num_hidden_layers, model.config.pruned_layer_map)\n"
              "print('accuracy pruned, before healing:', round(accuracy(model), 3))\n"
              "heal(model, train, TrainingArguments(output_dir='heal-out', max_steps=30, learning_rate=1e-3,\n"

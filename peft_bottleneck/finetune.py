@@ -1,6 +1,7 @@
 """The main job: fine-tune a bundled encoder with an adapter on bundled sentiment data, then save, reload and compare.
 
     python -m peft_bottleneck.finetune                      # MiniLM-L6 + Houlsby adapter on Rotten Tomatoes
+    python -m peft_bottleneck.finetune --adapter compacter --dataset topic  # BBC News topics, Compacter
     python -m peft_bottleneck.finetune --adapter parallel --model-path ./my-bert --data-csv my.csv
 
 Prints the test accuracy and macro-F1 of the adapter next to a head-only baseline (encoder frozen, classifier
@@ -28,14 +29,17 @@ from transformers import (  # noqa: E402
 )
 
 import peft_bottleneck  # noqa: E402
-from peft_bottleneck.bundled import csv_splits, minilm_path, sentiment_splits  # noqa: E402
+from peft_bottleneck.bundled import csv_splits, minilm_path, sentiment_splits, topic_splits  # noqa: E402
 from peft_bottleneck.metrics import load_classification_metric  # noqa: E402
 
 ADAPTERS = {
     "houlsby": lambda: peft_bottleneck.BottleneckConfig(task_type="SEQ_CLS"),
     "pfeiffer": lambda: peft_bottleneck.BottleneckConfig(task_type="SEQ_CLS", placement="pfeiffer"),
     "parallel": lambda: peft_bottleneck.ParallelAdapterConfig(task_type="SEQ_CLS"),
+    "compacter": lambda: peft_bottleneck.CompacterConfig(task_type="SEQ_CLS"),
+    "compacter++": lambda: peft_bottleneck.CompacterConfig(task_type="SEQ_CLS", placement="pfeiffer"),
 }
+DATASETS = {"sentiment": sentiment_splits, "topic": topic_splits}
 
 
 @dataclass
@@ -52,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--adapter", choices=sorted(ADAPTERS), default="houlsby")
     parser.add_argument("--model-path", default=None, help="local encoder folder (default: bundled MiniLM-L6)")
-    parser.add_argument("--data-csv", default=None, help="CSV with 'text' and 'label' (default: bundled sentiment)")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="sentiment", help="bundled data set")
+    parser.add_argument("--data-csv", default=None, help="your own CSV with 'text' and 'label' (replaces --dataset)")
     parser.add_argument("--output-dir", default="outputs/finetune")
     parser.add_argument("--max-train-samples", type=int, default=4000)
     parser.add_argument("--max-eval-samples", type=int, default=None, help="cap validation and test (smoke runs)")
@@ -67,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_data(args, tokenizer):
-    splits = csv_splits(args.data_csv) if args.data_csv else sentiment_splits()
+    splits = csv_splits(args.data_csv) if args.data_csv else DATASETS[args.dataset]()
     if args.max_train_samples and len(splits["train"]) > args.max_train_samples:
         splits["train"] = splits["train"].select(range(args.max_train_samples))
     for name in ("validation", "test"):

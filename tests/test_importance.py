@@ -19,7 +19,7 @@ from peft_bottleneck import (
     heal,
     set_adapter_drop,
 )
-from peft_bottleneck.importance import METHODS, LayerScorer, least_important
+from peft_bottleneck.importance import METHODS, LayerScorer, greedy_scores, least_important
 
 
 def toy_data(n=32, length=6):
@@ -138,6 +138,22 @@ def test_calibrate_one_shot_and_greedy():
     result = calibrate(model, batches())
     assert len(result["ablation"]) == 2 and any(abs(v) > 0 for v in result["ablation"])
     assert [step["layer"] for step in result["ablation_order"]] in ([0], [1])
+    first_removed = result["ablation_order"][0]["layer"]
+    assert least_important(result["ablation_greedy"], 1) == [first_removed]
+
+
+def test_greedy_scores_follow_the_removal_order():
+    assert greedy_scores([2, 0], 4) == [1.0, 2.0, 0.0, 2.0]
+    assert least_important(greedy_scores([3, 1, 0], 4), 2) == [1, 3]
+
+
+def test_default_prune_method_is_greedy_ablation_with_calibration(tmp_path):
+    assert LayerImportanceCallback().prune_method == "gate_fisher"
+    callback = LayerImportanceCallback(calibration_batches=batches(), prune_to=1)
+    assert callback.prune_method == "ablation_greedy"
+    train_with(callback, tmp_path)
+    assert callback.result["pruned"] == {"method": "ablation_greedy",
+                                         "dropped": [callback.result["ablation_order"][0]["layer"]]}
 
 
 def test_prune_at_the_end_of_training(tmp_path):
@@ -191,5 +207,7 @@ def test_unknown_method_and_bad_prune_method():
         LayerImportanceCallback(prune_method="magic")
     with pytest.raises(ValueError, match="calibration_batches"):
         LayerImportanceCallback(prune_method="ablation")
+    with pytest.raises(ValueError, match="calibration_batches"):
+        LayerImportanceCallback(prune_method="ablation_greedy")
     with pytest.raises(ValueError, match="scored `methods`"):
         LayerImportanceCallback(methods=("block_influence",), prune_to=2)
