@@ -263,13 +263,14 @@ class LayerImportanceCallback(TrainerCallback):
     ``<output_dir>/layer_importance.json`` and ``layer_importance.png``. With ``calibration_batches`` the ablation
     scores (one-shot and greedy) are added at the end. With ``prune_to`` (layers to keep) the model is pruned at the
     end by ``prune_method`` (default: greedy ablation when there are calibration batches, else gate Fisher); heal it
-    with a short fine-tune (``heal``) before use.
+    with a short fine-tune (``heal``) before use. Greedy ablation runs ``greedy_steps`` removal rounds (default: as
+    many as layers to prune with ``prune_to``, else all), each one calibration pass per remaining layer.
     """
 
     def __init__(self, methods: Sequence[str] = TRAINING_METHODS, stack: Optional[str] = None,
                  calibration_batches: Optional[Sequence[dict]] = None, prune_to: Optional[int] = None,
                  prune_method: Optional[str] = None, angular_block: int = 1, output_dir: Optional[str] = None,
-                 log_scores: bool = True) -> None:
+                 log_scores: bool = True, greedy_steps: Optional[int] = None) -> None:
         prune_method = prune_method or default_prune_method(calibrated=bool(calibration_batches))
         if prune_method not in METHODS:
             raise ValueError(f"`prune_method` must be one of {list(METHODS)}, got {prune_method!r}.")
@@ -285,6 +286,7 @@ class LayerImportanceCallback(TrainerCallback):
         self.angular_block = angular_block
         self.output_dir = output_dir
         self.log_scores = log_scores
+        self.greedy_steps = greedy_steps
         self.scorer: Optional[LayerScorer] = None
         self.result: dict = {}
 
@@ -315,7 +317,10 @@ class LayerImportanceCallback(TrainerCallback):
                   "global_step": state.global_step}
         if self.calibration_batches:
             start = time.perf_counter()
-            calibration = calibrate(model, self.calibration_batches, stack=self.scorer.stack.path)
+            # greedy ablation costs ~L^2/2 calibration passes: stop once the layers to prune are known
+            steps = self.greedy_steps or (len(self.scorer.layers) - self.prune_to if self.prune_to else None)
+            calibration = calibrate(model, self.calibration_batches, stack=self.scorer.stack.path,
+                                    greedy_steps=steps)
             for method in CALIBRATION_METHODS:
                 result["scores"][method] = calibration[method]
             result["ablation_order"] = calibration["ablation_order"]
