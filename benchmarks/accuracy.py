@@ -201,7 +201,7 @@ def plot(summaries: dict, path: Path) -> None:
         means = [100 * by_method[m]["accuracy"][0] for m in names]
         stds = [100 * by_method[m]["accuracy"][1] for m in names]
         ax.bar(range(len(names)), means, yerr=stds, capsize=3, color="tab:blue")
-        ax.set_xticks(range(len(names)), [f"{LABELS[m]}\n{100 * by_method[m]['share']:.2g}%" for m in names],
+        ax.set_xticks(range(len(names)), [f"{LABELS[m]}\n{100 * by_method[m]['share']:.3g}%" for m in names],
                       rotation=45, ha="right", fontsize=8)
         ax.set_ylim(max(0, min(means) - 10), 100)
         ax.set_ylabel("test accuracy (%)")
