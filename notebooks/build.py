@@ -61,7 +61,7 @@ CONTROLLER = [
                  "examples). Here: the bundled MiniLM-L6 on two real tasks, Rotten Tomatoes sentiment (2 classes) "
                  "and BBC News topics (5 classes), small settings so it runs in about a minute on a laptop CPU."),
     ("code", "import warnings, os\nwarnings.filterwarnings('ignore')\nos.environ['HF_HUB_OFFLINE'] = '1'\n"
-             "import numpy as np, torch\nfrom datasets import concatenate_datasets\n"
+             "import torch\nfrom datasets import concatenate_datasets\n"
              "from peft import PeftModel, get_peft_model\n"
              "from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,\n"
              "                          Trainer, TrainingArguments)\n"
@@ -159,7 +159,7 @@ LAYER_IMPORTANCE = [
                  "model that saves and reloads. Bundled MiniLM-L6 with a Houlsby adapter on Rotten Tomatoes "
                  "sentiment, small settings (about a minute on a laptop CPU)."),
     ("code", "import warnings, os\nwarnings.filterwarnings('ignore')\nos.environ['HF_HUB_OFFLINE'] = '1'\n"
-             "import numpy as np, pandas as pd, torch\nfrom IPython.display import Image, display\n"
+             "import pandas as pd, torch\nfrom IPython.display import Image, display\n"
              "from peft import PeftModel, get_peft_model\n"
              "from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,\n"
              "                          Trainer, TrainingArguments)\n"

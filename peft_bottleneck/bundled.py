@@ -68,7 +68,8 @@ def smollm2_path() -> Path:
 
     quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     config = quantized.config
-    del config.quantization_config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     clean = LlamaForCausalLM(config)
     clean.load_state_dict(quantized.state_dict())
     clean.tie_weights()
