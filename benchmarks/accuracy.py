@@ -1,7 +1,7 @@
 """Accuracy table: MiniLM-L6 on bundled sentiment and BBC topics, full fine-tuning vs head only vs our adapters vs
 PEFT LoRA, 3 seeds, learning rate per method chosen on validation only.
 
-    python benchmarks/accuracy.py                       # both tasks, every method (about 75 min on 2 idle cores)
+    python benchmarks/accuracy.py                       # both tasks, every method (83 runs, about 1.5 h on one core)
     python benchmarks/accuracy.py --tasks topic --methods houlsby lora --seeds 0 --quick   # smoke run
 
 Protocol: every learning rate of a method's grid is trained with the first seed; when the best validation accuracy
