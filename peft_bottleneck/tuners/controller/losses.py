@@ -21,14 +21,15 @@ class TaskMaskedLoss:
         counts = dict(label_counts)
         if not counts or any(not isinstance(n, int) or n < 1 for n in counts.values()):
             raise ValueError(f"`label_counts` must map each task to a positive number of classes, got {counts!r}.")
-        self.tasks = list(counts)
-        self.offsets = dict(zip(self.tasks, [0, *torch.tensor(list(counts.values())).cumsum(0)[:-1].tolist()]))
+        self.counts = counts
+        starts = torch.tensor([0, *counts.values()]).cumsum(0)
+        self.offsets = dict(zip(counts, starts[:-1].tolist()))
         self.task_of_label = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(list(counts.values())))
 
     def logits_of(self, logits: torch.Tensor, task: str) -> torch.Tensor:
         """The columns of ``task``'s classes (predict with their argmax)."""
         start = self.offsets[task]
-        return logits[..., start : start + int((self.task_of_label == self.tasks.index(task)).sum())]
+        return logits[..., start : start + self.counts[task]]
 
     def __call__(self, outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
         logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
