@@ -2,25 +2,29 @@
 
 ``import peft_bottleneck`` registers the tuner types with PEFT; after that ``get_peft_model``,
 ``PeftModel.from_pretrained``, ``AutoPeftModelFor*`` and transformers' ``load_adapter`` know them.
+
+Layers of the house: ``tuners/base`` (the adapter core: config fields, the adapted layer, routing, the tuner, the
+kind registry), one folder per tuner type in ``tuners/``, ``compression/`` (importance, pruning, AdapterDrop),
+``multitask/`` (collator, masked loss), and the jobs (``finetune``).
 """
 
 from .activations import ALLOWED_NON_LINEARITIES
-from .importance import (
+from .compression import (
     AdapterDropCallback,
     LayerImportanceCallback,
     calibrate,
     compression_plan,
+    find_layer_stacks,
     heal,
+    prune_layers,
     set_adapter_drop,
 )
-from .pruning import find_layer_stacks, prune_layers
-from .routing import BASE_ROUTE, Routing
+from .multitask import TaskCollator, TaskMaskedLoss
 from .tuners import (
+    AdapterConfigBase,
     AdapterControllerConfig,
     AdapterControllerModel,
-    TaskCollator,
-    TaskMaskedLoss,
-    AdapterConfigBase,
+    AdapterLayer,
     BottleneckConfig,
     BottleneckLayer,
     BottleneckModel,
@@ -33,24 +37,27 @@ from .tuners import (
     ParallelAdapterConfig,
     ParallelAdapterLayer,
     ParallelAdapterModel,
+    TargetingConfig,
 )
+from .tuners.base import BASE_ROUTE, Routing
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "AdapterControllerConfig",
-    "AdapterControllerModel",
-    "TaskCollator",
-    "TaskMaskedLoss",
     "ALLOWED_NON_LINEARITIES",
     "BASE_ROUTE",
     "AdapterConfigBase",
+    "AdapterControllerConfig",
+    "AdapterControllerModel",
+    "AdapterDropCallback",
+    "AdapterLayer",
     "BottleneckConfig",
     "BottleneckLayer",
     "BottleneckModel",
     "CompacterConfig",
     "CompacterLayer",
     "CompacterModel",
+    "LayerImportanceCallback",
     "OutputAdapterConfig",
     "OutputAdapterLayer",
     "OutputAdapterModel",
@@ -58,12 +65,13 @@ __all__ = [
     "ParallelAdapterLayer",
     "ParallelAdapterModel",
     "Routing",
-    "AdapterDropCallback",
-    "LayerImportanceCallback",
+    "TargetingConfig",
+    "TaskCollator",
+    "TaskMaskedLoss",
     "calibrate",
     "compression_plan",
     "find_layer_stacks",
     "heal",
-    "set_adapter_drop",
     "prune_layers",
+    "set_adapter_drop",
 ]

@@ -7,6 +7,22 @@ Names are module-name suffixes in PEFT's list form (exact name or ``endswith("."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class BlockSite:
+    """Where a block's residual input and LayerNorm are, for the module an adapter wraps (AdapterHub's
+    ``input_tensor`` and ``layer_norm``). Names are relative to the layer that holds the module.
+
+    residual: (module, (position, keyword)): the residual input is that argument of that module's call, passed by
+        position or by keyword ("" as the module: the layer itself).
+    layer_norm: the LayerNorm the block applies to ``module output + residual`` (post-LN models); None where the
+        model only adds the residual (pre-LN models).
+    """
+
+    residual: tuple[str, tuple[int, str]]
+    layer_norm: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -17,14 +33,23 @@ class AdapterPositions:
         cross-attention): the first Houlsby position.
     ffn_output: output projection of every feed-forward block: the second Houlsby position and the Pfeiffer one.
     ffn_block: what a parallel adapter wraps: its output receives the adapter's contribution.
-    ffn_input_from: for a ``ffn_block`` entry that is only the block's last projection, the sibling module whose
-        input is the block's input (BERT's ``intermediate``, BART's ``fc1``).
+    ffn_input_from: where a parallel adapter on a ``ffn_block`` entry reads its input: the sibling module whose input
+        is the block's residual input, as AdapterHub's parallel adapters read it (BERT's ``intermediate``; in pre-LN
+        decoders the feed-forward LayerNorm, whose input is the residual stream).
+    sites: for the output projections, where the block's residual input and LayerNorm are (``BlockSite``), used by
+        settings such as ``original_ln_before``.
     """
 
     attention_output: tuple[str, ...]
     ffn_output: tuple[str, ...]
     ffn_block: tuple[str, ...]
     ffn_input_from: dict[str, str] = field(default_factory=dict)
+    sites: dict[str, BlockSite] = field(default_factory=dict)
+
+
+def _pre_ln(norm: str) -> BlockSite:
+    """A pre-LN block: its residual input is the input of the LayerNorm in front of it; the model only adds it."""
+    return BlockSite((norm, (0, "hidden_states")))
 
 
 _BERT_LIKE = AdapterPositions(
@@ -32,15 +57,40 @@ _BERT_LIKE = AdapterPositions(
     ffn_output=("output.dense",),
     ffn_block=("output.dense",),
     ffn_input_from={"output.dense": "intermediate"},
+    sites={
+        "attention.output.dense": BlockSite(("attention.output", (1, "input_tensor")), "attention.output.LayerNorm"),
+        "output.dense": BlockSite(("output", (1, "input_tensor")), "output.LayerNorm"),
+    },
 )
 _LLAMA_LIKE = AdapterPositions(
-    attention_output=("self_attn.o_proj",), ffn_output=("mlp.down_proj",), ffn_block=("mlp",)
+    attention_output=("self_attn.o_proj",),
+    ffn_output=("mlp.down_proj",),
+    ffn_block=("mlp",),
+    ffn_input_from={"mlp": "post_attention_layernorm"},
+    sites={
+        "self_attn.o_proj": _pre_ln("input_layernorm"),
+        "mlp.down_proj": _pre_ln("post_attention_layernorm"),
+        "mlp": _pre_ln("post_attention_layernorm"),
+    },
 )
 _BART_LIKE = AdapterPositions(
     attention_output=("self_attn.out_proj", "encoder_attn.out_proj"),
     ffn_output=("fc2",),
     ffn_block=("fc2",),
     ffn_input_from={"fc2": "fc1"},
+    sites={
+        "self_attn.out_proj": BlockSite(("self_attn", (0, "hidden_states")), "self_attn_layer_norm"),
+        "encoder_attn.out_proj": BlockSite(("encoder_attn", (0, "hidden_states")), "encoder_attn_layer_norm"),
+        "fc2": BlockSite(("fc1", (0, "input")), "final_layer_norm"),
+    },
+)
+_T5_LIKE = AdapterPositions(
+    attention_output=("SelfAttention.o", "EncDecAttention.o"),
+    ffn_output=("DenseReluDense.wo",),
+    ffn_block=("DenseReluDense",),
+    ffn_input_from={"DenseReluDense": "layer_norm"},
+    sites={name: _pre_ln("layer_norm") for name in
+           ("SelfAttention.o", "EncDecAttention.o", "DenseReluDense.wo", "DenseReluDense")},
 )
 
 ADAPTER_POSITIONS: dict[str, AdapterPositions] = {
@@ -50,38 +100,73 @@ ADAPTER_POSITIONS: dict[str, AdapterPositions] = {
     "deberta-v2": _BERT_LIKE,
     "electra": _BERT_LIKE,
     "distilbert": AdapterPositions(
-        attention_output=("attention.out_lin",), ffn_output=("ffn.lin2",), ffn_block=("ffn",)
+        attention_output=("attention.out_lin",),
+        ffn_output=("ffn.lin2",),
+        ffn_block=("ffn",),
+        sites={
+            "attention.out_lin": BlockSite(("attention", (0, "query")), "sa_layer_norm"),
+            "ffn.lin2": BlockSite(("ffn", (0, "input")), "output_layer_norm"),
+            "ffn": BlockSite(("ffn", (0, "input")), "output_layer_norm"),
+        },
     ),
-    "gpt2": AdapterPositions(attention_output=("attn.c_proj",), ffn_output=("mlp.c_proj",), ffn_block=("mlp",)),
+    "gpt2": AdapterPositions(
+        attention_output=("attn.c_proj",),
+        ffn_output=("mlp.c_proj",),
+        ffn_block=("mlp",),
+        ffn_input_from={"mlp": "ln_2"},
+        sites={
+            "attn.c_proj": _pre_ln("ln_1"),
+            "mlp.c_proj": _pre_ln("ln_2"),
+            "mlp": _pre_ln("ln_2"),
+        },
+    ),
     "gpt_neox": AdapterPositions(
-        attention_output=("attention.dense",), ffn_output=("mlp.dense_4h_to_h",), ffn_block=("mlp",)
+        attention_output=("attention.dense",),
+        ffn_output=("mlp.dense_4h_to_h",),
+        ffn_block=("mlp",),
+        ffn_input_from={"mlp": "post_attention_layernorm"},
+        sites={
+            "attention.dense": _pre_ln("input_layernorm"),
+            "mlp.dense_4h_to_h": _pre_ln("post_attention_layernorm"),
+            "mlp": _pre_ln("post_attention_layernorm"),
+        },
     ),
+    # OPT as its decoders are built by default (do_layer_norm_before=True, pre-LN)
     "opt": AdapterPositions(
         attention_output=("self_attn.out_proj",),
         ffn_output=("fc2",),
         ffn_block=("fc2",),
-        ffn_input_from={"fc2": "fc1"},
+        ffn_input_from={"fc2": "final_layer_norm"},
+        sites={"self_attn.out_proj": _pre_ln("self_attn_layer_norm"), "fc2": _pre_ln("final_layer_norm")},
     ),
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
+    # Gemma 2 norms the attention and feed-forward outputs before the residual add: no sites for the residual
+    "gemma2": AdapterPositions(
+        attention_output=("self_attn.o_proj",),
+        ffn_output=("mlp.down_proj",),
+        ffn_block=("mlp",),
+        ffn_input_from={"mlp": "pre_feedforward_layernorm"},
+    ),
     "phi3": _LLAMA_LIKE,
-    "t5": AdapterPositions(
-        attention_output=("SelfAttention.o", "EncDecAttention.o"),
-        ffn_output=("DenseReluDense.wo",),
-        ffn_block=("DenseReluDense",),
-    ),
-    "mt5": AdapterPositions(
-        attention_output=("SelfAttention.o", "EncDecAttention.o"),
-        ffn_output=("DenseReluDense.wo",),
-        ffn_block=("DenseReluDense",),
-    ),
+    "t5": _T5_LIKE,
+    "mt5": _T5_LIKE,
     "bart": _BART_LIKE,
     "mbart": _BART_LIKE,
-    "vit": AdapterPositions(attention_output=("attention.o_proj",), ffn_output=("mlp.fc2",), ffn_block=("mlp",)),
+    "vit": AdapterPositions(
+        attention_output=("attention.o_proj",),
+        ffn_output=("mlp.fc2",),
+        ffn_block=("mlp",),
+        ffn_input_from={"mlp": "layernorm_after"},
+        sites={
+            "attention.o_proj": _pre_ln("layernorm_before"),
+            "mlp.fc2": _pre_ln("layernorm_after"),
+            "mlp": _pre_ln("layernorm_after"),
+        },
+    ),
 }
 
 
@@ -121,3 +206,54 @@ def output_embeddings_name(model) -> str:
         if module is head:
             return name
     raise ValueError("The output embeddings returned by get_output_embeddings() are not a submodule of the model.")
+
+
+def _layer_prefix(current_key: str, target: str) -> Optional[str]:
+    """The part of ``current_key`` before ``target`` (with its dot), or None if ``target`` is not its suffix."""
+    if current_key == target:
+        return ""
+    if current_key.endswith("." + target):
+        return current_key[: len(current_key) - len(target)]
+    return None
+
+
+def _longest_match(current_key: str, names) -> Optional[tuple[str, str]]:
+    """(name, layer prefix) of the longest of ``names`` that is a suffix of ``current_key``."""
+    matches = [(n, p) for n in names if (p := _layer_prefix(current_key, n)) is not None]
+    return max(matches, key=lambda m: len(m[0])) if matches else None
+
+
+def input_source_for(model, input_from: Optional[dict], current_key: str):
+    """The module whose input a parallel adapter at ``current_key`` reads (``input_from``), or None."""
+    match = _longest_match(current_key, (input_from or {}).keys())
+    if match is None:
+        return None
+    target, prefix = match
+    source_key = prefix + input_from[target]
+    try:
+        return model.get_submodule(source_key)
+    except AttributeError:
+        raise ValueError(
+            f"`input_from` maps {target!r} to {input_from[target]!r}, but the model has no module {source_key!r} "
+            f"next to {current_key!r}."
+        ) from None
+
+
+def block_context_for(model, model_type: Optional[str], current_key: str, config):
+    """(residual module, its argument, LayerNorm module or None) of the block around ``current_key``."""
+    positions = ADAPTER_POSITIONS.get(model_type or "")
+    match = _longest_match(current_key, positions.sites) if positions is not None else None
+    if match is None:
+        known = sorted(m for m, p in ADAPTER_POSITIONS.items() if p.sites)
+        raise ValueError(
+            f"`original_ln_before=True` / `original_ln_after=False` need the residual input and LayerNorm of the "
+            f"block around {current_key!r}, which the architecture table names only for the default positions of "
+            f"{known} (model_type={model_type!r}). Use the defaults (original_ln_before=False, "
+            "original_ln_after=True) here."
+        )
+    target, prefix = match
+    site = positions.sites[target]
+    residual_module = model.get_submodule(prefix + site.residual[0]) if site.residual[0] else model.get_submodule(
+        prefix.rstrip("."))
+    layer_norm = model.get_submodule(prefix + site.layer_norm) if site.layer_norm else None
+    return residual_module, site.residual[1], layer_norm

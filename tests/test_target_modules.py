@@ -102,7 +102,7 @@ def test_gpt2_conv1d_is_wrapped_and_frozen():
     layer = model.base_model.model.transformer.h[0].attn.c_proj
     assert isinstance(layer, BottleneckLayer) and isinstance(layer.get_base_layer(), Conv1D)
     assert not any(p.requires_grad for p in layer.get_base_layer().parameters())
-    assert layer.bottleneck_down["default"].in_features == 32
+    assert layer.bottleneck_down_weight["default"].shape[-1] == 32
 
 
 def test_parallel_spans_bert_feed_forward_block():
@@ -110,8 +110,8 @@ def test_parallel_spans_bert_feed_forward_block():
     assert model.peft_config["default"].input_from == {"output.dense": "intermediate"}
     layer = model.base_model.model.bert.encoder.layer[0].output.dense
     # reads the block input (hidden 32), not output.dense's own input (intermediate 64)
-    assert layer.parallel_adapter_down["default"].in_features == 32
-    assert layer.parallel_adapter_up["default"].out_features == 32
+    assert layer.parallel_adapter_down_weight["default"].shape[-1] == 32
+    assert layer.parallel_adapter_up_weight["default"].shape[1] == 32
 
 
 def test_unknown_architecture_without_targets_says_what_to_pass():
@@ -126,7 +126,7 @@ def test_custom_module_with_target_modules():
     reference = model(x)
     peft_model = get_peft_model(model, BottleneckConfig(target_modules=["0", "2"], bottleneck_size=2))
     assert torch.equal(peft_model(x), reference)
-    assert peft_model.base_model.model[2].bottleneck_up["default"].out_features == 4
+    assert peft_model.base_model.model[2].bottleneck_up_weight["default"].shape[1] == 4
 
 
 def test_layers_to_transform_limits_the_layers():

@@ -1,15 +1,18 @@
-from .bottleneck import AdapterConfigBase, BottleneckConfig, BottleneckLayer, BottleneckModel
+"""Tuner types: one folder each (config, layer, model), all built on ``base``. Importing a folder registers it."""
+
+from .base import AdapterConfigBase, AdapterLayer, AdapterTuner, TargetingConfig
+from .bottleneck import BottleneckConfig, BottleneckLayer, BottleneckModel
 from .compacter import CompacterConfig, CompacterLayer, CompacterModel
-from .controller import AdapterControllerConfig, AdapterControllerModel, TaskCollator, TaskMaskedLoss
+from .controller import AdapterControllerConfig, AdapterControllerModel
 from .output_adapter import OutputAdapterConfig, OutputAdapterLayer, OutputAdapterModel
 from .parallel import ParallelAdapterConfig, ParallelAdapterLayer, ParallelAdapterModel
 
 __all__ = [
+    "AdapterConfigBase",
     "AdapterControllerConfig",
     "AdapterControllerModel",
-    "TaskCollator",
-    "TaskMaskedLoss",
-    "AdapterConfigBase",
+    "AdapterLayer",
+    "AdapterTuner",
     "BottleneckConfig",
     "BottleneckLayer",
     "BottleneckModel",
@@ -22,4 +25,5 @@ __all__ = [
     "ParallelAdapterConfig",
     "ParallelAdapterLayer",
     "ParallelAdapterModel",
+    "TargetingConfig",
 ]

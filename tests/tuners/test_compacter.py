@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertModel
 
 from peft_bottleneck import CompacterConfig, CompacterLayer, CompacterModel
-from peft_bottleneck.phm import PHMRule
 
 D, K, MODULES = 32, 8, 4  # tiny BERT: hidden 32, bottleneck 8, Houlsby = 2 layers x 2 positions
 
@@ -49,8 +48,8 @@ def test_paper_formula_without_biases():
 def test_shared_rule_is_one_parameter_and_stored_once(tmp_path):
     model = get_peft_model(bare_bert(), CompacterConfig(bottleneck_size=K, init_weights=False))
     layers = [m for m in model.modules() if isinstance(m, CompacterLayer)]
-    assert len({id(layer.rule("default")) for layer in layers}) == 1
-    assert sum(isinstance(m, PHMRule) for m in model.modules()) == 1  # registered once
+    assert len({id(layer.tensors_of("default")["phm_rule"]) for layer in layers}) == 1
+    assert sum(n.endswith("phm_rule.default") for n, _ in model.named_parameters()) == 1  # registered once
     model.save_pretrained(tmp_path)
     saved = load_file(os.path.join(tmp_path, "adapter_model.safetensors"))
     assert sum("compacter_phm_rule" in key for key in saved) == 1
@@ -84,7 +83,7 @@ def test_round_trip_after_training_keeps_the_rule_shared(shared, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(**inputs).logits, expected)
     if shared:
-        rules = {id(m.rule("default")) for m in loaded.modules() if isinstance(m, CompacterLayer)}
+        rules = {id(m.tensors_of("default")["phm_rule"]) for m in loaded.modules() if isinstance(m, CompacterLayer)}
         assert len(rules) == 1
 
     base = tiny_model("bert").eval()
@@ -92,13 +91,13 @@ def test_round_trip_after_training_keeps_the_rule_shared(shared, tmp_path):
     with torch.no_grad():
         assert torch.equal(base(**inputs).logits, expected)
     if shared:
-        rules = {id(m.rule("default")) for m in base.modules() if isinstance(m, CompacterLayer)}
+        rules = {id(m.tensors_of("default")["phm_rule"]) for m in base.modules() if isinstance(m, CompacterLayer)}
         assert len(rules) == 1
 
 
 def test_learn_phm_false_freezes_but_saves_the_rule(tmp_path):
     model = get_peft_model(bare_bert(), CompacterConfig(bottleneck_size=K, learn_phm=False))
-    rule = next(m for m in model.modules() if isinstance(m, CompacterLayer)).rule("default").weight
+    rule = next(m for m in model.modules() if isinstance(m, CompacterLayer)).tensors_of("default")["phm_rule"]
     assert not rule.requires_grad
     model.save_pretrained(tmp_path)
     assert any("compacter_phm_rule" in k for k in load_file(tmp_path / "adapter_model.safetensors"))
@@ -136,9 +135,9 @@ def test_second_adapter_gets_its_own_shared_rule_and_delete_drops_it():
     model = get_peft_model(bare_bert(), CompacterConfig(bottleneck_size=K))
     model.add_adapter("other", CompacterConfig(bottleneck_size=K))
     layer = next(m for m in model.modules() if isinstance(m, CompacterLayer))
-    assert layer.rule("default") is not layer.rule("other")
+    assert layer.tensors_of("default")["phm_rule"] is not layer.tensors_of("other")["phm_rule"]
     model.delete_adapter("other")
-    assert all("other" not in m.compacter_phm_rule and "other" not in m.compacter_shared_rule_refs
+    assert all("other" not in getattr(m, "compacter_phm_rule", {}) and not any(name == "other" for _, name in m.shared_refs)
                for m in model.modules() if isinstance(m, CompacterLayer))
 
 
@@ -149,12 +148,12 @@ def test_bf16_model_keeps_one_shared_rule():
         reference = base(**inputs).logits
     model = get_peft_model(base, CompacterConfig(task_type="CAUSAL_LM", bottleneck_size=K))
     layers = [m for m in model.modules() if isinstance(m, CompacterLayer)]
-    assert len({id(layer.rule("default")) for layer in layers}) == 1
+    assert len({id(layer.tensors_of("default")["phm_rule"]) for layer in layers}) == 1
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, reference)
     model.train()
     model(**inputs, labels=inputs["input_ids"]).loss.backward()
-    assert layers[0].rule("default").weight.grad is not None
+    assert layers[0].tensors_of("default")["phm_rule"].grad is not None
 
 
 def test_mixed_batch_routing_with_compacter():
@@ -183,4 +182,4 @@ def test_deepcopy_keeps_sharing():
     model = get_peft_model(bare_bert(), CompacterConfig(bottleneck_size=K))
     clone = copy.deepcopy(model)
     layers = [m for m in clone.modules() if isinstance(m, CompacterLayer)]
-    assert len({id(layer.rule("default")) for layer in layers}) == 1
+    assert len({id(layer.tensors_of("default")["phm_rule"]) for layer in layers}) == 1

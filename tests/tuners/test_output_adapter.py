@@ -21,8 +21,8 @@ def test_identity_tie_and_round_trip(model_type, tmp_path):
     model = get_peft_model(base, OutputAdapterConfig(task_type=task_type(model_type)))
     head = model.get_output_embeddings()
     assert isinstance(head, OutputAdapterLayer)
-    assert head.output_adapter_up["default"].out_features == base.config.vocab_size
-    assert head.output_adapter_down["default"].out_features == 32 // 16
+    assert head.output_adapter_up_weight["default"].shape == (1, base.config.vocab_size, 32 // 16)
+    assert head.output_adapter_down_weight["default"].shape == (1, 32 // 16, 32)
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, reference)
 
@@ -45,11 +45,15 @@ def test_identity_tie_and_round_trip(model_type, tmp_path):
 def test_generate_uses_the_head_adapter():
     model = get_peft_model(tiny_model("llama"), OutputAdapterConfig(task_type="CAUSAL_LM", init_weights=False)).eval()
     inputs = tiny_inputs("llama")
+    kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
     with torch.no_grad():
-        adapted = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        adapted = model.generate(**inputs, **kwargs)
+        expected_first = model(**inputs).logits[:, -1]
         with model.disable_adapter():
-            plain = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=0)
-    assert adapted.shape == plain.shape and not torch.equal(adapted, plain)
+            plain = model.generate(**inputs, **kwargs)
+    # every step's logits went through the head adapter: the first equals the forward's, and differs from plain
+    torch.testing.assert_close(adapted.logits[0], expected_first)
+    assert all((a - p).abs().max() > 0.1 for a, p in zip(adapted.logits, plain.logits))
 
 
 def test_target_modules_is_refused_and_encoders_without_head_error():

@@ -1,8 +1,8 @@
-from ...registration import register_tuner
-from .config import AdapterConfigBase, BottleneckConfig
-from .layer import BottleneckLayer
+from ..base.kinds import register_adapter_type
+from .config import BottleneckConfig
+from .layer import BottleneckLayer, LinearKind
 from .model import BottleneckModel
 
-register_tuner("bottleneck", BottleneckConfig, BottleneckModel)
+register_adapter_type("bottleneck", BottleneckConfig, BottleneckModel, LinearKind)
 
-__all__ = ["AdapterConfigBase", "BottleneckConfig", "BottleneckLayer", "BottleneckModel"]
+__all__ = ["BottleneckConfig", "BottleneckLayer", "BottleneckModel", "LinearKind"]

@@ -1,8 +1,8 @@
-from ...registration import register_tuner
+from ..base.kinds import register_adapter_type
 from .config import CompacterConfig
-from .layer import CompacterLayer
+from .layer import CompacterLayer, PHMKind
 from .model import CompacterModel
 
-register_tuner("compacter", CompacterConfig, CompacterModel)
+register_adapter_type("compacter", CompacterConfig, CompacterModel, PHMKind)
 
-__all__ = ["CompacterConfig", "CompacterLayer", "CompacterModel"]
+__all__ = ["CompacterConfig", "CompacterLayer", "CompacterModel", "PHMKind"]

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import ClassVar, Literal, Optional, Union
 
 from ...registration import peft_type
+from ..base.config import check_bool, check_choice, check_number
 from ..bottleneck.config import BottleneckConfig
 
 PHM_C_INITS = ("normal", "uniform")
+HYPERCOMPLEX_INITS = ("glorot-uniform", "glorot-normal", "normal", "phm")
+COMPACTER_INITS = (True, False, "adapterhub")
 
 
 @dataclass
@@ -15,8 +18,8 @@ class CompacterConfig(BottleneckConfig):
     ``W = sum_{i=1..n} A_i (x) B_i``, with the rules ``A_i`` shared across layers and ``B_i = s_i t_i^T``.
 
     ``placement='houlsby'`` (default) is Compacter (AdapterHub's ``compacter``); ``placement='pfeiffer'`` is
-    Compacter++ (``compacter++``: feed-forward only). Defaults follow the paper and AdapterHub: n = 4, reduction
-    factor 32, gelu, shared rule, rank-1 factorised ``B_i``, rule init N(0, 1e-4).
+    Compacter++ (``compacter++``: feed-forward only, ``original_ln_before=True``). Defaults follow the paper and
+    AdapterHub: n = 4, reduction factor 32, gelu, shared rule, rank-1 factorised ``B_i``, rule init N(0, 1e-4).
     """
 
     reduction_factor: float = field(
@@ -37,34 +40,53 @@ class CompacterConfig(BottleneckConfig):
             "once. False: every adapter layer keeps its own rules for its down and up projection."
         },
     )
+    factorized_phm_rule: bool = field(
+        default=False, metadata={"help": "Write each rule A_i as the outer product of two vectors (n x 1)(1 x n)."}
+    )
     factorized_phm_W: bool = field(
         default=True, metadata={"help": "Write each B_i as the rank-`phm_rank` product s_i t_i^T."}
     )
+    shared_W_phm: bool = field(
+        default=False, metadata={"help": "AdapterHub's sharing of the B_i across layers: not supported (must be False)."}
+    )
     phm_rank: int = field(default=1, metadata={"help": "Rank of the factorised B_i."})
     phm_c_init: Literal["normal", "uniform"] = field(
-        default="normal", metadata={"help": "Init of the rules: 'normal' N(0, r) or 'uniform' U(-r, r), r = phm_init_range."}
+        default="normal",
+        metadata={"help": "Init of the rules: 'normal' N(0, r) or 'uniform' U(-r, r), r = phm_init_range."},
     )
-    phm_init_range: float = field(default=1e-4, metadata={"help": "Scale r of the rule init."})
+    phm_init_range: float = field(default=1e-4, metadata={"help": "Scale r of the rule init, > 0."})
+    hypercomplex_nonlinearity: str = field(
+        default="glorot-uniform",
+        metadata={"help": f"Init of the B_i factors, one of {list(HYPERCOMPLEX_INITS)} (AdapterHub's field)."},
+    )
     learn_phm: bool = field(default=True, metadata={"help": "Train the rules (False keeps them at their init)."})
     phm_bias: bool = field(default=True, metadata={"help": "Give the PHM projections a bias."})
     init_weights: Union[bool, str] = field(
         default=True,
         metadata={
             "help": "True: zero up-projection (the last factor of its B_i, and its bias), so a fresh adapter is the "
-            "identity. False: random both (tests)."
+            "identity. 'adapterhub': AdapterHub's init (Glorot factors for both projections, so not the identity). "
+            "False: random factors and rules of order 1, clearly non-identity (tests)."
         },
     )
 
+    init_weights_choices: ClassVar[tuple] = COMPACTER_INITS
+
     def __post_init__(self):
         super().__post_init__()
-        self.peft_type = peft_type("COMPACTER")
-        if isinstance(self.phm_dim, bool) or not isinstance(self.phm_dim, int) or self.phm_dim < 1:
-            raise ValueError(f"`phm_dim` must be a positive integer, got {self.phm_dim!r}.")
-        if isinstance(self.phm_rank, bool) or not isinstance(self.phm_rank, int) or self.phm_rank < 1:
-            raise ValueError(f"`phm_rank` must be a positive integer, got {self.phm_rank!r}.")
-        if self.phm_c_init not in PHM_C_INITS:
-            raise ValueError(f"`phm_c_init` must be one of {list(PHM_C_INITS)}, got {self.phm_c_init!r}.")
-        if not self.phm_init_range > 0:
-            raise ValueError(f"`phm_init_range` must be positive, got {self.phm_init_range!r}.")
-        if self.init_weights not in (True, False):
-            raise ValueError(f"`init_weights` must be one of [True, False] for Compacter, got {self.init_weights!r}.")
+        check_number(self, "phm_dim", 1, integer=True)
+        check_number(self, "phm_rank", 1, integer=True)
+        check_choice(self, "phm_c_init", PHM_C_INITS)
+        check_number(self, "phm_init_range", 0, low_open=True)
+        check_choice(self, "hypercomplex_nonlinearity", HYPERCOMPLEX_INITS)
+        for name in ("shared_phm_rule", "factorized_phm_rule", "factorized_phm_W", "shared_W_phm", "learn_phm",
+                     "phm_bias"):
+            check_bool(self, name)
+        if self.shared_W_phm:
+            raise ValueError("`shared_W_phm=True` (AdapterHub's sharing of the B_i across layers) is not supported; "
+                             "use False.")
+        if self.is_parallel:
+            raise ValueError("`is_parallel=True` is not supported for Compacter; use ParallelAdapterConfig.")
+
+    def own_peft_type(self):
+        return peft_type("COMPACTER")

@@ -1,86 +1,145 @@
 from __future__ import annotations
 
-from typing import Optional
+import math
 
 import torch
 from torch import nn
 
-from ...phm import PHMLinear, PHMRule, check_divisible
-from ..bottleneck.layer import BottleneckLayer
+from ...phm import check_divisible, init_rule
+from ..base.kinds import AdapterKind, Projections, Sizes
+from ..base.layer import AdapterLayer
 from .config import CompacterConfig
 
 
-class CompacterLayer(BottleneckLayer):
-    """A sequential bottleneck adapter whose down- and up-projections are PHM layers.
+class PHMKind(AdapterKind):
+    """PHM projections, ``W = sum_i A_i (x) B_i`` per route: factors ``down_s`` (R, n, in/n, k) and ``down_t``
+    (R, n, k, width/n) (or ``down_w`` (R, n, in/n, width/n) unfactorised), the same for ``up``, optional biases, and
+    the rules ``phm_rule``: (n, n, n) shared by every layer (a shared tensor), or (2, n, n, n) per layer for the down
+    and up projection; ``phm_rule_left`` / ``phm_rule_right`` when the rule is factorised."""
 
-    Rules: with ``shared_phm_rule`` one ``PHMRule`` module serves every layer. The first layer that gets it
-    registers it (so it is saved, moved and cast once, with the model); the others keep an unregistered reference
-    in ``compacter_shared_rule_refs``. A loader that replaces the rule's parameter replaces it on that one module, so
-    every layer sees it. Without sharing, each layer registers its own (2, n, n, n) rule.
-    """
+    name = "phm"
+    tensors = ("down_s", "down_t", "down_w", "down_bias", "up_s", "up_t", "up_w", "up_bias", "phm_rule",
+               "phm_rule_left", "phm_rule_right")
+    shared = ("phm_rule", "phm_rule_left", "phm_rule_right")
 
-    adapter_layer_names = ("compacter_down", "compacter_up", "compacter_scale", "compacter_phm_rule")
-    other_param_names = ("compacter_dropout", "non_linearity", "scaling", "compacter_shared_rule_refs")
-    adapter_kind = "Compacter"
-
-    def __init__(self, *args, **kwargs) -> None:
-        self.__dict__[self.other_param_names[3]] = {}  # unregistered references to a shared rule
-        super().__init__(*args, **kwargs)
-
-    @property
-    def rule_store(self) -> nn.ModuleDict:
-        return getattr(self, self.adapter_layer_names[3])
-
-    @property
-    def rule_refs(self) -> dict:
-        return getattr(self, self.other_param_names[3])
-
-    def create_projections(self, adapter_name: str, config: CompacterConfig,
-                           shared_rule: Optional[PHMRule] = None, register_shared_rule: bool = False,
-                           **kwargs) -> None:
-        width = self.bottleneck_width(config)
-        n = config.phm_dim
-        check_divisible(n, adapter_input_size=self.adapter_in_features, hidden_size=self.out_features,
-                        bottleneck_size=width)
-        phm = dict(phm_dim=n, rank=config.phm_rank, factorized=config.factorized_phm_W, bias=config.phm_bias)
-        self.adapter_down[adapter_name] = PHMLinear(self.adapter_in_features, width, **phm)
-        self.adapter_up[adapter_name] = PHMLinear(width, self.out_features, **phm)
+    @classmethod
+    def create(cls, config: CompacterConfig, sizes: Sizes) -> dict[str, torch.Tensor]:
+        routes, in_features, width, out_features = sizes
+        n, rank = config.phm_dim, config.phm_rank
+        check_divisible(n, adapter_input_size=in_features, hidden_size=out_features, bottleneck_size=width)
+        tensors = {}
+        for projection, (fan_in, fan_out) in (("down", (in_features, width)), ("up", (width, out_features))):
+            p, q = fan_in // n, fan_out // n
+            if config.factorized_phm_W:
+                tensors[f"{projection}_s"] = torch.empty(routes, n, p, rank)
+                tensors[f"{projection}_t"] = torch.empty(routes, n, rank, q)
+            else:
+                tensors[f"{projection}_w"] = torch.empty(routes, n, p, q)
+            if config.phm_bias:
+                tensors[f"{projection}_bias"] = torch.zeros(routes, fan_out)
         if not config.shared_phm_rule:
-            self.rule_store[adapter_name] = PHMRule(n, True, config.phm_c_init, config.phm_init_range)
-        elif shared_rule is None:
-            raise ValueError("A shared PHM rule is created by CompacterModel and passed to each layer.")
-        elif register_shared_rule:
-            self.rule_store[adapter_name] = shared_rule
-        else:
-            self.rule_refs[adapter_name] = shared_rule
-        if not config.learn_phm:
-            # per-instance copy: the class attribute is a shared default
-            frozen = (self.adapter_layer_names[3],)
-            self.frozen_peft_weight_names = {**self.frozen_peft_weight_names, adapter_name: frozen}
+            tensors.update(cls._rule_tensors(config, (2,)))
+        return tensors
+
+    @classmethod
+    def create_shared(cls, config: CompacterConfig, device) -> dict[str, torch.Tensor]:
+        if not config.shared_phm_rule:
+            return {}
+        return {k: v.to(device) for k, v in cls._rule_tensors(config, ()).items()}
 
     @staticmethod
-    def reset_projections(down: PHMLinear, up: PHMLinear, init_weights: bool | str) -> None:
-        down.reset_parameters()
-        up.reset_parameters(zero=init_weights is True)
+    def _rule_tensors(config: CompacterConfig, lead: tuple) -> dict[str, torch.Tensor]:
+        n = config.phm_dim
+        if config.factorized_phm_rule:
+            rules = {"phm_rule_left": torch.empty(*lead, n, n, 1), "phm_rule_right": torch.empty(*lead, n, 1, n)}
+        else:
+            rules = {"phm_rule": torch.empty(*lead, n, n, n)}
+        for rule in rules.values():
+            if config.init_weights is False:
+                nn.init.normal_(rule, std=0.5)  # order-1 rules: a clearly non-identity adapter for tests
+            else:
+                init_rule(rule, config.phm_c_init, config.phm_init_range)
+        return rules
 
-    def rule(self, adapter_name: str) -> PHMRule:
-        if adapter_name in self.rule_store:
-            return self.rule_store[adapter_name]
-        return self.rule_refs[adapter_name]
+    @classmethod
+    def reset(cls, tensors, config: CompacterConfig, init_weights) -> None:
+        with torch.no_grad():
+            for projection in ("down", "up"):
+                factors = [tensors[k] for k in (f"{projection}_s", f"{projection}_t", f"{projection}_w") if k in tensors]
+                for factor in factors:  # Glorot-uniform over each B_i's own fan (AdapterHub's default)
+                    bound = math.sqrt(6.0 / (factor.shape[-2] + factor.shape[-1]))
+                    nn.init.uniform_(factor, -bound, bound)
+                bias = tensors.get(f"{projection}_bias")
+                if init_weights is False and bias is not None:
+                    nn.init.normal_(bias, std=0.1)
+                elif bias is not None:
+                    nn.init.zeros_(bias)
+            if init_weights is True:
+                nn.init.zeros_(tensors["up_t"] if "up_t" in tensors else tensors["up_w"])
 
-    def projection_weights(self, adapter_name: str, down: PHMLinear, up: PHMLinear) -> tuple[torch.Tensor, ...]:
-        device = down.factors()[0].device
-        down_rule, up_rule = (r.to(device) for r in self.rule(adapter_name).down_up())
-        return down.weight(down_rule), down.bias, up.weight(up_rule), up.bias
+    @classmethod
+    def grow(cls, tensors, config, routes: int):
+        rules = {k: v for k, v in tensors.items() if k.startswith("phm_rule")}
+        grown = super().grow({k: v for k, v in tensors.items() if k not in rules}, config, routes)
+        return {**grown, **rules}
+
+    @classmethod
+    def sizes_of(cls, tensors) -> Sizes:
+        routes, n, p = next(tensors[k] for k in ("down_s", "down_w") if k in tensors).shape[:3]
+        q_down = (tensors["down_t"] if "down_t" in tensors else tensors["down_w"]).shape[-1]
+        q_up = (tensors["up_t"] if "up_t" in tensors else tensors["up_w"]).shape[-1]
+        return Sizes(routes, n * p, n * q_down, n * q_up)
+
+    @classmethod
+    def projections(cls, tensors) -> Projections:
+        down_rule, up_rule = cls._rules(tensors)
+        return Projections(cls._weight(tensors, "down", down_rule), tensors.get("down_bias"),
+                           cls._weight(tensors, "up", up_rule), tensors.get("up_bias"))
+
+    @staticmethod
+    def _rules(tensors) -> tuple[torch.Tensor, torch.Tensor]:
+        if "phm_rule" in tensors:
+            rule = tensors["phm_rule"]
+        else:
+            rule = torch.matmul(tensors["phm_rule_left"], tensors["phm_rule_right"])
+        return (rule[0], rule[1]) if rule.dim() == 4 else (rule, rule)
+
+    @staticmethod
+    def _weight(tensors, projection: str, rule: torch.Tensor) -> torch.Tensor:
+        """``sum_i kron(A_i, B_i)`` for every route, in ``nn.Linear`` layout (R, out, in)."""
+        if f"{projection}_s" in tensors:
+            blocks = torch.matmul(tensors[f"{projection}_s"], tensors[f"{projection}_t"])
+        else:
+            blocks = tensors[f"{projection}_w"]
+        routes, n, p, q = blocks.shape
+        weight = torch.einsum("iab,ripq->rapbq", rule.to(blocks.dtype).to(blocks.device), blocks)
+        return weight.reshape(routes, n * p, n * q).transpose(1, 2)
 
 
-def rehome_shared_rules(model) -> None:
-    """Register every shared rule in a layer again if the layer that held it is gone (e.g. pruned away)."""
-    layers = [m for m in model.modules() if isinstance(m, CompacterLayer)]
-    registered = {id(rule) for layer in layers for rule in layer.rule_store.values()}
+class CompacterLayer(AdapterLayer):
+    """A module with Compacter adapters: bottlenecks whose projections are PHM layers.
+
+    With ``shared_phm_rule`` one rule serves every layer: the first layer that gets it registers it (so it is saved,
+    moved and cast once, with the model); the others keep an unregistered reference (``shared_refs``).
+    """
+
+    prefix = "compacter_"
+    adapter_kind = "Compacter"
+
+
+def rehome_shared_tensors(model) -> None:
+    """Register every shared tensor in a layer again if the layer that held it is gone (e.g. pruned away)."""
+    layers = [m for m in model.modules() if isinstance(m, AdapterLayer)]
+    present = {id(layer) for layer in layers}
+    new_owner = {}
     for layer in layers:
-        for name, rule in list(layer.rule_refs.items()):
-            if id(rule) not in registered:
-                del layer.rule_refs[name]
-                layer.rule_store[name] = rule
-                registered.add(id(rule))
+        for (tensor, name), owner in list(layer.shared_refs.items()):
+            if id(owner) in present:
+                continue
+            key = (id(owner), tensor, name)
+            if key not in new_owner:
+                del layer.shared_refs[(tensor, name)]
+                layer.container(tensor)[name] = owner.container(tensor)[name]
+                new_owner[key] = layer
+            else:
+                layer.shared_refs[(tensor, name)] = new_owner[key]

@@ -1,10 +1,9 @@
 from ...registration import register_tuner
-from .collator import TaskCollator
 from .config import AdapterControllerConfig
-from .layer import TaskRoutedLayer, routing_for
-from .losses import TaskMaskedLoss
+from .layer import ControllerLayer, ControllerOutputLayer
 from .model import AdapterControllerModel
 
+# a tuner type, not a kind: its layers take the kind of the nested `adapter` config
 register_tuner("adapter_controller", AdapterControllerConfig, AdapterControllerModel)
 
-__all__ = ["AdapterControllerConfig", "AdapterControllerModel", "TaskCollator", "TaskMaskedLoss", "TaskRoutedLayer", "routing_for"]
+__all__ = ["AdapterControllerConfig", "AdapterControllerModel", "ControllerLayer", "ControllerOutputLayer"]

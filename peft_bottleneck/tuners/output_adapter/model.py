@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 from ...target_modules import output_embeddings_name
-from ..bottleneck.model import BottleneckModel
+from ..base.model import AdapterTuner
 from .config import OUTPUT_EMBEDDINGS
 from .layer import OutputAdapterLayer
 
 
-class OutputAdapterModel(BottleneckModel):
+class OutputAdapterModel(AdapterTuner):
     """Adds a parallel adapter to the LM head found by ``get_output_embeddings()``."""
 
     prefix: str = "output_adapter_"

@@ -8,65 +8,13 @@ saved from a pruned model records the same map, and loading it onto a base prune
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-# config attribute holding each stack's layer count: (stack role, model types) -> attribute
-_ENCODER_DECODER_COUNTS = {
-    "t5": {"encoder": "num_layers", "decoder": "num_decoder_layers"},
-    "mt5": {"encoder": "num_layers", "decoder": "num_decoder_layers"},
-    "bart": {"encoder": "encoder_layers", "decoder": "decoder_layers"},
-    "mbart": {"encoder": "encoder_layers", "decoder": "decoder_layers"},
-}
-_COUNT_ATTRIBUTES = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
-PRUNED_LAYER_MAP = "pruned_layer_map"
-
-
-@dataclass
-class LayerStack:
-    """One list of transformer layers: its module path, the list, and the config attribute counting it."""
-
-    path: str
-    layers: nn.ModuleList
-    count_attribute: str
-
-
-def _unwrap(model):
-    get_base_model = getattr(model, "get_base_model", None)
-    return get_base_model() if get_base_model is not None else model
-
-
-def _count_attribute(config, path: str) -> Optional[str]:
-    roles = _ENCODER_DECODER_COUNTS.get(getattr(config, "model_type", None))
-    if roles:
-        role = "decoder" if "decoder" in path.split(".") else "encoder"
-        return roles[role]
-    return next((name for name in _COUNT_ATTRIBUTES if isinstance(getattr(config, name, None), int)), None)
-
-
-def find_layer_stacks(model) -> list[LayerStack]:
-    """The transformer layer lists of ``model`` (one for encoders and decoders, two for encoder-decoders)."""
-    base = _unwrap(model)
-    config = base.config
-    inside_tuners = {name for name, module in base.named_modules() if isinstance(module, BaseTunerLayer)}
-    stacks = []
-    for path, module in base.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
-            continue
-        if any(path == t or path.startswith(t + ".") for t in inside_tuners):
-            continue  # adapters' own per-task lists
-        if len({type(layer) for layer in module}) != 1:
-            continue
-        attribute = _count_attribute(config, path)
-        if attribute is not None and getattr(config, attribute) == len(module):
-            if not any(path.startswith(s.path + ".") for s in stacks):
-                stacks.append(LayerStack(path, module, attribute))
-    if not stacks:
-        raise ValueError(f"Found no transformer layer list in {type(base).__name__} matching its config's layer count.")
-    return stacks
+from ..tuners.compacter.layer import rehome_shared_tensors
+from .layer_map import PRUNED_LAYER_MAP
+from .stacks import LayerStack, _unwrap, choose_stack
 
 
 def _resolve_keep(stack: LayerStack, drop, keep) -> list[int]:
@@ -119,16 +67,7 @@ def prune_layers(
     """Remove layers in place and return ``model``. ``stack`` picks a layer list by path (required when a model
     has several, e.g. ``"encoder.block"`` or ``"model.decoder.layers"`` for encoder-decoders)."""
     base = _unwrap(model)
-    stacks = find_layer_stacks(base)
-    if stack is None:
-        if len(stacks) > 1:
-            raise ValueError(f"{type(base).__name__} has several layer stacks {[s.path for s in stacks]}: pass `stack`.")
-        target = stacks[0]
-    else:
-        matches = [s for s in stacks if s.path == stack or s.path.endswith("." + stack)]
-        if len(matches) != 1:
-            raise ValueError(f"`stack`={stack!r} must name one of {[s.path for s in stacks]}.")
-        target = matches[0]
+    target = choose_stack(base, stack)
 
     kept = _resolve_keep(target, drop, keep)
     old_count = len(target.layers)
@@ -156,33 +95,7 @@ def prune_layers(
     for peft_config in (getattr(model, "peft_config", None) or {}).values():
         if hasattr(peft_config, "layer_map"):
             peft_config.layer_map = dict(layer_map)
-    from .tuners.compacter.layer import rehome_shared_rules  # here: the tuners import this module
-
-    rehome_shared_rules(base)
+    rehome_shared_tensors(base)
     return model
 
 
-def model_layer_map(model) -> dict:
-    """``{stack path: kept original indices}`` of a pruned model; ``{}`` for an unpruned one."""
-    config = getattr(_unwrap(model), "config", None)
-    return dict(getattr(config, PRUNED_LAYER_MAP, None) or {})
-
-
-def check_layer_map(peft_config, model) -> None:
-    """Record the model's layer map on a new adapter config, or refuse a saved adapter whose map differs.
-
-    ``layer_map`` None means "not recorded yet" (a fresh config): it takes the model's map. A saved adapter carries
-    ``{}`` (unpruned) or its model's map, which must equal the base model's.
-    """
-    current = model_layer_map(model)
-    if peft_config.layer_map is None:
-        peft_config.layer_map = current
-        return
-    if dict(peft_config.layer_map) == current:
-        return
-    raise ValueError(
-        f"This adapter was saved from a model with layer map {peft_config.layer_map or 'unpruned'}, but the base "
-        f"model has {current or 'all its layers (unpruned)'}: adapter weights are stored by layer position and would attach to "
-        "the wrong layers. Prune the base model the same way first (peft_bottleneck.prune_layers(base, keep=...)), "
-        "or load the pruned model saved with save_pretrained."
-    )

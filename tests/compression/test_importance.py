@@ -19,7 +19,7 @@ from peft_bottleneck import (
     heal,
     set_adapter_drop,
 )
-from peft_bottleneck.importance import METHODS, LayerScorer, greedy_scores, least_important
+from peft_bottleneck.compression import METHODS, LayerScorer, greedy_scores, least_important
 
 
 def toy_data(n=32, length=6):

@@ -6,6 +6,7 @@ from conftest import task_type, tiny_inputs, tiny_model
 from peft import get_peft_model
 
 from peft_bottleneck import BottleneckConfig, ParallelAdapterConfig, Routing
+from peft_bottleneck.tuners.base.routing import adapter_codes
 
 
 def two_adapter_model(model_type, config_cls=BottleneckConfig, **second):
@@ -39,8 +40,8 @@ def test_mixed_batch_forward_equals_each_example_alone(model_type, config_cls):
         mixed = model(**inputs, adapter_names=names).logits
         alone = each_alone(model, inputs, names, lambda b: model(**b).logits)
     assert torch.allclose(mixed, alone, atol=1e-5)
-    # routing does not outlive the call
-    assert all(m._routing is None for m in model.base_model.tuner_layers())
+    # routing does not outlive a call without gradients
+    assert model.base_model.routing_state.routing is None
 
 
 def test_base_rows_are_bit_identical_to_the_base_model():
@@ -100,14 +101,22 @@ def test_adapter_names_in_training_mode_is_refused():
 
 def test_wrong_number_of_names_is_a_clear_error():
     model = two_adapter_model("bert")
-    with pytest.raises(ValueError, match="one adapter name per example"):
+    with pytest.raises(ValueError, match="`adapter_names` has 2 entries but the batch has 3 examples"):
         model(**tiny_inputs("bert", batch=3), adapter_names=["other", "default"])
 
 
 def test_routing_codes_and_beam_expansion():
-    routing = Routing.from_names(["b", "a", "b"], available={"a", "b"})
-    assert routing.names == ("b", "a")
-    assert routing.codes.tolist() == [0, 1, 0]
-    assert routing.codes_for_batch(6, torch.device("cpu")).tolist() == [0, 0, 1, 1, 0, 0]
+    names, codes = adapter_codes(["b", "a", "b"], available={"a", "b"})
+    assert names == ("b", "a")
+    assert codes.tolist() == [0, 1, 0]
+    routing = Routing(names, codes).with_repeat(2)
+    assert routing.adapter_rows(3, torch.device("cpu")).tolist() == [0, 1, 0]
+    assert routing.adapter_rows(6, torch.device("cpu")).tolist() == [0, 0, 1, 1, 0, 0]
+    with pytest.raises(ValueError, match="a layer received a batch of 4"):
+        routing.adapter_rows(4, torch.device("cpu"))
+    with pytest.raises(ValueError, match="a layer received a batch of 6"):
+        Routing(names, codes).adapter_rows(6, torch.device("cpu"))  # outside generate: no expansion at all
     with pytest.raises(TypeError):
-        Routing.from_names("a", available={"a"})
+        adapter_codes("a", available={"a"})
+    with pytest.raises(ValueError, match="empty"):
+        adapter_codes([], available={"a"})

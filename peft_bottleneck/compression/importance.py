@@ -19,18 +19,19 @@ Every score is "higher = more important", per layer of one layer stack:
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections import defaultdict
-from contextlib import contextmanager
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from transformers import TrainerCallback
 
-from .pruning import find_layer_stacks, prune_layers
+from ..tuners.base.layer import AdapterLayer
+from .calibration import calibrate, least_important
+from .pruning import prune_layers
+from .report import write_report
+from .stacks import choose_stack
 
 TRAINING_METHODS = ("block_influence", "angular_distance", "gate_fisher", "taylor", "adapter_norm", "weight_grad_norm")
 CALIBRATION_METHODS = ("ablation", "ablation_greedy")
@@ -73,14 +74,7 @@ class LayerScorer:
         if unknown:
             raise ValueError(f"Unknown importance method(s) {unknown}; training-time methods: {list(TRAINING_METHODS)} "
                              "(and 'ablation', computed by calibrate()).")
-        stacks = find_layer_stacks(model)
-        if stack is None:
-            self.stack = stacks[-1]  # encoder-decoders: the decoder
-        else:
-            chosen = [s for s in stacks if s.path == stack or s.path.endswith("." + stack)]
-            if len(chosen) != 1:
-                raise ValueError(f"`stack` must name one of {[s.path for s in stacks]}, got {stack!r}.")
-            self.stack = chosen[0]
+        self.stack = choose_stack(model, stack)
         self.layers = list(self.stack.layers)
         self.methods = tuple(methods)
         self.angular_block = angular_block
@@ -89,6 +83,7 @@ class LayerScorer:
         self._counts = defaultdict(lambda: torch.zeros(len(self.layers), dtype=torch.float64))
         self._mask = None
         self._inputs: dict[int, torch.Tensor] = {}
+        self._delta_norms: dict[int, list] = defaultdict(list)
         self._handles = []
 
     # hooks
@@ -98,25 +93,33 @@ class LayerScorer:
             self._handles.append(layer.register_forward_pre_hook(self._pre_hook(index), with_kwargs=True))
             self._handles.append(layer.register_forward_hook(self._post_hook(index), with_kwargs=True))
         if "adapter_norm" in self.methods:
-            for layer in self.layers:
-                for adapter in self._adapter_layers(layer):
-                    adapter.delta_norms = []
+            for index, layer in enumerate(self.layers):
+                for adapter in (m for m in layer.modules() if isinstance(m, AdapterLayer)):
+                    self._watch_adapter(index, adapter)
         return self
+
+    def _watch_adapter(self, index: int, adapter: AdapterLayer) -> None:
+        """The norm of what the adapters add: the adapted layer's output minus its wrapped module's."""
+        captured = {}
+
+        def base_output(module, args, output):
+            captured["base"] = output
+
+        def adapter_output(module, args, output):
+            base = captured.pop("base", None)
+            if base is not None and not _in_backward() and isinstance(output, torch.Tensor) and \
+                    base.shape == output.shape:
+                self._delta_norms[index].append((output.detach().float() - base.detach().float()).norm(dim=-1).mean())
+
+        self._handles.append(adapter.base_layer.register_forward_hook(base_output))
+        self._handles.append(adapter.register_forward_hook(adapter_output))
 
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._inputs.clear()
-        for layer in self.layers:
-            for adapter in self._adapter_layers(layer):
-                adapter.delta_norms = None
-
-    @staticmethod
-    def _adapter_layers(layer):
-        from .tuners.bottleneck.layer import BottleneckLayer
-
-        return [m for m in layer.modules() if isinstance(m, BottleneckLayer)]
+        self._delta_norms.clear()
 
     def _capture_mask(self, module, args, kwargs):
         mask = kwargs.get("attention_mask")
@@ -176,13 +179,10 @@ class LayerScorer:
                 norms = [p.grad.detach().float().norm() for p in layer.parameters() if p.grad is not None]
                 if norms:
                     self._add("weight_grad_norm", index, torch.stack(norms).sum())
-        if "adapter_norm" in self.methods:
-            for index, layer in enumerate(self.layers):
-                recorded = [n for adapter in self._adapter_layers(layer) for n in (adapter.delta_norms or [])]
-                if recorded:
-                    self._add("adapter_norm", index, torch.stack(recorded).mean())
-                for adapter in self._adapter_layers(layer):
-                    adapter.delta_norms = []
+        for index, recorded in self._delta_norms.items():
+            if recorded:
+                self._add("adapter_norm", index, torch.stack(recorded).mean())
+        self._delta_norms.clear()
         self._inputs.clear()
 
     def scores(self) -> dict[str, list[float]]:
@@ -191,68 +191,6 @@ class LayerScorer:
             for method in self.methods
             if self._counts[method].sum() > 0
         }
-
-
-@contextmanager
-def skipping(layers: Iterable[torch.nn.Module]):
-    """Run the given layers as the identity (their output is their input)."""
-
-    def skip(module, args, kwargs, output):
-        h_in = args[0] if args else kwargs.get("hidden_states")
-        return (h_in, *output[1:]) if isinstance(output, tuple) else h_in
-
-    handles = [layer.register_forward_hook(skip, with_kwargs=True) for layer in layers]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def calibration_loss(model, batches: Sequence[dict]) -> float:
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        losses = [float(model(**{k: v.to(device) for k, v in batch.items()}).loss) for batch in batches]
-    model.train(was_training)
-    return sum(losses) / len(losses)
-
-
-def calibrate(model, batches: Sequence[dict], stack: Optional[str] = None, greedy_steps: Optional[int] = None):
-    """Ablation scores on calibration batches (each with ``labels``): the loss increase when each layer alone is
-    skipped, and the greedy order in which SLEB would remove layers (least harm first)."""
-    scorer_stack = LayerScorer(model, methods=(), stack=stack)
-    layers = scorer_stack.layers
-    base_loss = calibration_loss(model, batches)
-    one_shot = []
-    for layer in layers:
-        with skipping([layer]):
-            one_shot.append(calibration_loss(model, batches) - base_loss)
-    order, removed = [], []
-    for _ in range(min(greedy_steps or len(layers) - 1, len(layers) - 1)):
-        trials = {}
-        for index, layer in enumerate(layers):
-            if index not in removed:
-                with skipping([layers[i] for i in removed] + [layer]):
-                    trials[index] = calibration_loss(model, batches)
-        best = min(trials, key=trials.get)
-        removed.append(best)
-        order.append({"layer": best, "loss": trials[best]})
-    return {"stack": scorer_stack.stack.path, "base_loss": base_loss, "ablation": one_shot, "ablation_order": order,
-            "ablation_greedy": greedy_scores([step["layer"] for step in order], len(layers))}
-
-
-def greedy_scores(order: Sequence[int], count: int) -> list[float]:
-    """Scores from a removal order: the first removed scores 0, the next 1, ...; layers never removed score highest
-    (so ``least_important(scores, k)`` is the first k of the order)."""
-    rank = {layer: position for position, layer in enumerate(order)}
-    return [float(rank.get(index, len(order))) for index in range(count)]
-
-
-def least_important(scores: Sequence[float], count: int) -> list[int]:
-    """Indices of the ``count`` lowest-scoring layers."""
-    return sorted(sorted(range(len(scores)), key=lambda i: scores[i])[:count])
 
 
 class LayerImportanceCallback(TrainerCallback):
@@ -336,101 +274,3 @@ class LayerImportanceCallback(TrainerCallback):
             write_report(result, out)
 
 
-def write_report(result: dict, output_dir: str) -> None:
-    """``layer_importance.json`` and ``layer_importance.png`` (each method's scores, scaled to [0, 1])."""
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "layer_importance.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for method, values in result["scores"].items():
-        low, high = min(values), max(values)
-        scaled = [(v - low) / (high - low) if high > low else 0.5 for v in values]
-        ax.plot(range(len(values)), scaled, marker="o", label=method)
-    ax.set_xlabel(f"layer of {result['stack']}")
-    ax.set_ylabel("importance (scaled to [0, 1])")
-    ax.set_title("Layer importance")
-    ax.set_xticks(range(result["layers"]))
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(output_dir, "layer_importance.png"), dpi=120)
-    plt.close(fig)
-
-
-def set_adapter_drop(model, layers: Iterable[int], stack: Optional[str] = None) -> list[int]:
-    """AdapterDrop: bypass the adapters in the given layers (e.g. ``range(n)`` for the lowest n) until reset with
-    ``set_adapter_drop(model, [])``. Returns the layers now dropped."""
-    scorer = LayerScorer(model, methods=(), stack=stack)
-    chosen = set(layers)
-    for index, layer in enumerate(scorer.layers):
-        for adapter in scorer._adapter_layers(layer):
-            adapter.skip_adapters = index in chosen
-    return sorted(chosen)
-
-
-class AdapterDropCallback(TrainerCallback):
-    """AdapterDrop during training: each step, the adapters of the lowest k layers are bypassed, k drawn uniformly
-    from 0..max_layers (Rücklé et al. 2021), so the model stays usable with any of them dropped at inference."""
-
-    def __init__(self, max_layers: int, stack: Optional[str] = None, seed: int = 0) -> None:
-        self.max_layers, self.stack = max_layers, stack
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def on_step_begin(self, args, state, control, model=None, **kwargs):
-        k = int(torch.randint(0, self.max_layers + 1, (1,), generator=self.generator))
-        set_adapter_drop(model, range(k), stack=self.stack)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        set_adapter_drop(model, [], stack=self.stack)
-
-
-def heal(model, train_dataset, args, data_collator: Optional[Callable] = None, **trainer_kwargs):
-    """A short fine-tune of a pruned model with a fresh optimizer (pruning mid-run would leave stale state)."""
-    from transformers import Trainer
-
-    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
-                      **trainer_kwargs)
-    trainer.train()
-    return trainer
-
-
-def compression_plan(model, scores: Sequence[float], targets: Sequence[int], batch: dict,
-                     evaluate: Optional[Callable] = None, stack: Optional[str] = None, repeats: int = 5) -> list[dict]:
-    """For each number of layers to drop: the layers kept, parameter ratio, measured latency ratio on ``batch``
-    (median of ``repeats`` forwards, against the unpruned model in the same run) and, if given, ``evaluate(model)``."""
-    import copy
-    import statistics
-
-    def latency(m):
-        m.eval()
-        with torch.inference_mode():
-            m(**batch)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                m(**batch)
-                times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-    total = sum(p.numel() for p in model.parameters())
-    base_latency = latency(model)
-    plan = []
-    for count in targets:
-        drop = least_important(scores, count)
-        pruned = prune_layers(copy.deepcopy(model), drop=drop, stack=stack)
-        kept = [i for i in range(len(scores)) if i not in drop]
-        entry = {
-            "dropped": drop,
-            "kept": kept,
-            "layer_ratio": len(kept) / len(scores),
-            "parameter_ratio": sum(p.numel() for p in pruned.parameters()) / total,
-            "speedup": base_latency / latency(pruned),
-        }
-        if evaluate is not None:
-            entry["metric"] = evaluate(pruned)
-        plan.append(entry)
-    return plan

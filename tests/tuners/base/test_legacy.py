@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import peft_bottleneck as pb
 
-LEGACY = Path(__file__).parent / "fixtures" / "legacy"
+LEGACY = Path(__file__).parents[2] / "fixtures" / "legacy"
 CASES = sorted(p.name for p in LEGACY.iterdir() if p.is_dir())
 
 

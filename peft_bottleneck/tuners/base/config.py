@@ -1,0 +1,330 @@
+"""The fields every tuner type of this package shares, declared once.
+
+``TargetingConfig`` says where adapters go (PEFT's targeting fields plus the layer map); ``AdapterConfigBase`` adds
+what one bottleneck adapter computes: its size, non-linearity, scaling, initialisation and the AdapterHub fields that
+change the forward (layer norms and residuals around the adapter, gating). Every tuner config derives from one of
+the two; the controller's config only from the first.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Optional, Union
+
+from peft.config import PeftConfig
+
+from ...activations import ALLOWED_NON_LINEARITIES, check_non_linearity
+
+# 1: files written by peft-bottleneck 0.1.0 (no `format_version` field); 2: this version
+FORMAT_VERSION = 2
+INIT_WEIGHTS_CHOICES = (True, False, "bert", "houlsby", "mam_adapter")
+BIAS_CHOICES = ("none", "all", "bottleneck_only")
+SCALING_MODES = ("learned", "channel")
+RESIDUAL_BEFORE_LN_CHOICES = (True, False, "post_add")
+
+
+def check_bool(config, name: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {value!r} ({type(value).__name__}).")
+
+
+def check_number(config, name: str, low: float = -math.inf, high: float = math.inf, *, integer: bool = False,
+                 low_open: bool = False, high_open: bool = False, optional: bool = False) -> None:
+    """A real, finite number in the range; numpy scalars become plain Python numbers so the config serialises."""
+    value = getattr(config, name)
+    if value is None and optional:
+        return
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"`{name}` must be {'an integer' if integer else 'a number'}, got {value!r} "
+                        f"({type(value).__name__}).")
+    value = int(value) if integer else float(value) if not isinstance(value, int) else value
+    setattr(config, name, value)
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if not math.isfinite(value) or too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"`{name}` must be a finite number in {interval}, got {value!r}.")
+
+
+def check_choice(config, name: str, choices) -> None:
+    value = getattr(config, name)
+    # `True == 1` in Python: compare types too, so 1 is not taken for True
+    if not any(value == c and type(value) is type(c) for c in choices):
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
+
+
+def check_name_list(config, name: str, allow_regex: bool = True) -> None:
+    """A list / set of module names, or (where PEFT allows it) one regex string."""
+    value = getattr(config, name)
+    if value is None or (allow_regex and isinstance(value, str)):
+        return
+    if isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value):
+        setattr(config, name, set(value))
+        return
+    raise TypeError(f"`{name}` must be a list of module names{' or one regex string' if allow_regex else ''}, "
+                    f"got {value!r}.")
+
+
+@dataclass
+class TargetingConfig(PeftConfig):
+    """Where adapters go: PEFT's targeting fields, AdapterHub's ``leave_out`` and the pruned-layer map."""
+
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={
+            "help": "Names of the modules to adapt: a list of exact names or name suffixes (e.g. ['o_proj', "
+            "'down_proj']) or one regex matched against the full name. If not set, the positions of the "
+            "configured placement are looked up by the model's `model_type`; unknown architectures must pass it."
+        },
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Names (list of names/suffixes, or one regex) of modules never to adapt."}
+    )
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None,
+        metadata={"help": "Adapt only the layers with these indices (works with the list form of `target_modules`)."},
+    )
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={
+            "help": "Name of the layer list used with `layers_to_transform` when it is not the first numbered "
+            "module in a name, e.g. 'layers' or 'h'."
+        },
+    )
+    leave_out: Optional[list[int]] = field(
+        default=None,
+        metadata={"help": "Layer indices (from 0) to leave without adapters (AdapterHub's `leave_out`)."},
+    )
+    modules_to_save: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Modules besides the adapters to train and save, e.g. a freshly initialised classifier. For "
+            "task_type='SEQ_CLS' PEFT adds 'classifier' and 'score' itself."
+        },
+    )
+    layer_map: Optional[dict] = field(
+        default=None,
+        metadata={
+            "help": "Set automatically: which original layers of each layer stack the model had when the adapter "
+            "was made ({} if unpruned). Loading refuses a base model pruned differently."
+        },
+    )
+    format_version: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": f"Set automatically: the saved format ({FORMAT_VERSION} today). Files without it were written by "
+            "peft-bottleneck 0.1.0 and are loaded with that version's computation."
+        },
+    )
+
+    def __post_init__(self):
+        # a config read from a file carries `peft_version`; one built in code does not, yet
+        loaded = self.peft_version is not None
+        super().__post_init__()
+        if self.format_version is None:
+            self.format_version = 1 if loaded else FORMAT_VERSION
+        check_choice(self, "format_version", (1, FORMAT_VERSION))
+        check_name_list(self, "target_modules")
+        check_name_list(self, "exclude_modules")
+        check_name_list(self, "modules_to_save", allow_regex=False)
+        if isinstance(self.modules_to_save, set):
+            self.modules_to_save = sorted(self.modules_to_save)
+        self._check_layer_indices("layers_to_transform", allow_int=True)
+        self._check_layer_indices("leave_out", allow_int=False)
+        if self.layers_pattern is not None and not (
+            isinstance(self.layers_pattern, str)
+            or (isinstance(self.layers_pattern, (list, tuple)) and all(isinstance(p, str) for p in self.layers_pattern))
+        ):
+            raise TypeError(f"`layers_pattern` must be a name or a list of names, got {self.layers_pattern!r}.")
+        if self.layers_pattern and self.layers_to_transform is None and not self.leave_out:
+            raise ValueError("`layers_pattern` only takes effect together with `layers_to_transform` or `leave_out`.")
+        if self.leave_out and self.layers_to_transform is not None:
+            raise ValueError("Pass either `layers_to_transform` or `leave_out`, not both.")
+        if self.layer_map is not None and not (
+            isinstance(self.layer_map, dict)
+            and all(isinstance(k, str) and isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool)
+                                                                       for i in v) for k, v in self.layer_map.items())
+        ):
+            raise TypeError(f"`layer_map` must map layer-stack paths to lists of layer indices, got {self.layer_map!r}.")
+
+    def _check_layer_indices(self, name: str, allow_int: bool) -> None:
+        value = getattr(self, name)
+        if value is None:
+            return
+        if allow_int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            setattr(self, name, int(value))
+            value = [int(value)]
+        elif isinstance(value, (list, tuple)) and all(
+            isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in value
+        ):
+            setattr(self, name, [int(i) for i in value])
+        else:
+            raise TypeError(f"`{name}` must be {'an integer or ' if allow_int else ''}a list of layer indices, "
+                            f"got {value!r}.")
+        if any(i < 0 for i in getattr(self, name) if isinstance(getattr(self, name), list)) or (
+            isinstance(getattr(self, name), int) and getattr(self, name) < 0
+        ):
+            raise ValueError(f"`{name}` must hold layer indices >= 0, got {value!r}.")
+
+
+@dataclass
+class AdapterConfigBase(TargetingConfig):
+    """What one bottleneck adapter computes: ``h + s * W_up f(W_down h)`` and AdapterHub's variations of it.
+
+    The layer-norm and residual fields follow AdapterHub's ``BnConfig`` exactly (same names, same meaning); the
+    defaults are those of the tuner type's published preset.
+    """
+
+    bias: Literal["none", "all", "bottleneck_only"] = field(
+        default="none",
+        metadata={
+            "help": "Which biases of the base model to train as well: 'none', 'all', or 'bottleneck_only' (the "
+            "biases of the adapted modules)."
+        },
+    )
+    reduction_factor: float = field(
+        default=16,
+        metadata={"help": "Bottleneck size = hidden size // reduction_factor (ignored when bottleneck_size is set)."},
+    )
+    bottleneck_size: Optional[int] = field(
+        default=None, metadata={"help": "Explicit bottleneck width; overrides reduction_factor."}
+    )
+    non_linearity: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": f"Activation between the projections, one of {list(ALLOWED_NON_LINEARITIES)}. Default: the "
+            "published configuration of the chosen placement."
+        },
+    )
+    adapter_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Dropout on the adapter's scaled output (where AdapterHub applies it), in [0, 1)."},
+    )
+    scaling: Union[float, str] = field(
+        default=1.0,
+        metadata={
+            "help": "Factor s on the adapter output: a number, 'learned' (a trained scalar, init 1) or 'channel' "
+            "(a trained vector over the output features, init 1)."
+        },
+    )
+    init_weights: Union[bool, str] = field(
+        default=True,
+        metadata={
+            "help": "True (= AdapterHub's 'mam_adapter'): Kaiming-uniform down-projection and zero up-projection, "
+            "so a fresh adapter is the identity. 'bert': both N(0, 0.02), AdapterHub's default for seq_bn and "
+            "double_seq_bn. 'houlsby': both truncated N(0, 0.01). False: random both, clearly non-identity (tests)."
+        },
+    )
+    use_gating: bool = field(
+        default=False,
+        metadata={"help": "A trained gate sigmoid(W_g x) (mean over the sequence) multiplies the adapter output."},
+    )
+    original_ln_before: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": "Apply the block's residual (and its LayerNorm, in post-LN models) before the adapter, so the "
+            "adapter reads LN(h + x). Default (None): the placement's preset, set when the adapter is attached: True "
+            "for 'pfeiffer' at its default positions, as AdapterHub's seq_bn; False otherwise (with explicit "
+            "target_modules, pass True yourself)."
+        },
+    )
+    original_ln_after: bool = field(
+        default=True,
+        metadata={
+            "help": "Apply the block's residual (and LayerNorm) after the adapter, as the model does anyway. False: "
+            "the block returns the adapter's output without them."
+        },
+    )
+    residual_before_ln: Union[bool, str] = field(
+        default=True,
+        metadata={
+            "help": "Where the residual around the adapter is taken: True = the module output before the block's "
+            "residual/LayerNorm, False = the adapter's input, 'post_add' = after the residual add, before the "
+            "LayerNorm (only with original_ln_before)."
+        },
+    )
+    ln_before: bool = field(default=False, metadata={"help": "A new trained LayerNorm on the adapter's input."})
+    ln_after: bool = field(default=False, metadata={"help": "A new trained LayerNorm on the adapter's output."})
+    adapter_residual_before_ln: bool = field(
+        default=False,
+        metadata={"help": "With ln_after: add the adapter's residual before that LayerNorm instead of after."},
+    )
+    is_parallel: bool = field(
+        default=False,
+        metadata={"help": "Parallel adapter: read the block's input and add to the module's output."},
+    )
+    input_from: Optional[dict[str, str]] = field(
+        default=None,
+        metadata={
+            "help": "Parallel adapters: maps a target name (suffix) to the module whose input the adapter reads, "
+            "given as the suffix that replaces it, e.g. {'output.dense': 'intermediate'} for BERT. Targets not "
+            "listed read their own input. Filled from the architecture when target_modules is not set."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_number(self, "reduction_factor", 0, low_open=True)
+        check_number(self, "bottleneck_size", 1, integer=True, optional=True)
+        if self.non_linearity is not None:
+            self.non_linearity = check_non_linearity(self.non_linearity)
+        check_number(self, "adapter_dropout", 0.0, 1.0, high_open=True)
+        if isinstance(self.scaling, str):
+            check_choice(self, "scaling", SCALING_MODES)
+        else:
+            check_number(self, "scaling")
+        check_choice(self, "init_weights", self.init_weights_choices)
+        check_choice(self, "bias", BIAS_CHOICES)
+        for name in ("use_gating", "original_ln_after", "ln_before", "ln_after", "adapter_residual_before_ln",
+                     "is_parallel"):
+            check_bool(self, name)
+        if self.original_ln_before is None and self.format_version == 1:
+            self.original_ln_before = False  # 0.1.0 computed every placement without it
+        if self.original_ln_before is not None:
+            check_bool(self, "original_ln_before")
+        check_choice(self, "residual_before_ln", RESIDUAL_BEFORE_LN_CHOICES)
+        if self.residual_before_ln == "post_add" and not self.original_ln_before:
+            raise ValueError("`residual_before_ln='post_add'` needs `original_ln_before=True` (it is the residual "
+                             "taken after the block's residual add).")
+        if self.is_parallel and self.original_ln_before:
+            raise ValueError("`original_ln_before=True` applies to sequential adapters only (is_parallel=False).")
+        if self.input_from is not None and not (
+            isinstance(self.input_from, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in self.input_from.items())
+        ):
+            raise TypeError(f"`input_from` must map target names to module names (dict[str, str]), got "
+                            f"{self.input_from!r}.")
+
+    def preset_original_ln_before(self) -> bool:
+        """Whether the placement's published preset sets ``original_ln_before`` (applied at the default positions)."""
+        return False
+
+    def bottleneck_width(self, hidden_size: int) -> int:
+        if self.bottleneck_size is not None:
+            return self.bottleneck_size
+        return max(1, int(hidden_size // self.reduction_factor))
+
+    init_weights_choices: ClassVar[tuple] = INIT_WEIGHTS_CHOICES
+
+    # what the layers read off a config
+    @property
+    def needs_block_context(self) -> bool:
+        """Whether the adapter needs the block's residual input / LayerNorm (AdapterHub's non-default settings)."""
+        return bool(self.original_ln_before) or not self.original_ln_after
+
+    def structure(self) -> tuple:
+        """The fields that change the shape of the computation; adapters routed together must agree on them."""
+        return (bool(self.original_ln_before), self.original_ln_after, self.residual_before_ln, self.ln_before,
+                self.ln_after, self.adapter_residual_before_ln, self.is_parallel, self.use_gating)
+
+    def default_targets(self, positions) -> tuple[list[str], list[str]]:
+        """(targets, names to exclude) at this config's placement; see ``target_modules.AdapterPositions``."""
+        raise NotImplementedError
+
+
+STRUCTURE_FIELDS = ("original_ln_before", "original_ln_after", "residual_before_ln", "ln_before", "ln_after",
+                    "adapter_residual_before_ln", "is_parallel", "use_gating")

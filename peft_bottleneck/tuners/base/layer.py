@@ -1,0 +1,553 @@
+"""The one adapted layer: wraps a module, holds every adapter's tensors, and runs one routed forward.
+
+An adapter's tensors are kept in ``nn.ParameterDict``s named ``<tuner prefix><tensor>`` (``bottleneck_down_weight``,
+``compacter_up_s``, ...), keyed by adapter name, each with a leading dimension over the adapter's routes (1, or one
+per task). What an adapter computes follows AdapterHub's bottleneck block exactly (``AdapterConfigBase``): the
+adapter's input and residual, down-projection, non-linearity, up-projection, scaling, dropout, gating and the layer
+norms around it. The block's residual input and LayerNorm, which some settings need, come from the wrapped model
+through forward hooks on the modules that ``target_modules.ADAPTER_POSITIONS`` names (``BlockContext``).
+
+The path of one batch: ``forward`` runs the wrapped module, then either applies the active adapters in turn (each
+for the whole batch, or per example by task), or, when the batch mixes adapters (``adapter_names``), gathers every
+example's weights from the layer's ``RouteTable`` and applies them in one batched computation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ...activations import get_activation
+from .config import AdapterConfigBase
+from .kinds import AdapterKind, Projections, Sizes, kaiming_down_zero_up, kind_of
+from .routing import LiveRows, RouteTable, Routing, RoutingState, stamp
+
+MERGE_ERROR = (
+    "{kind} adapters cannot be merged into the base weights: the adapter computes W_up f(W_down h) with a "
+    "non-linearity f (and, for sequential adapters, on the module's output), which no single linear layer "
+    "reproduces. Keep the adapter attached, or call `unload()` to get the base model back without it."
+)
+# tensors every kind may have besides its projections, created only when the config asks for them
+EXTRA_TENSORS = ("scale", "gate_weight", "gate_bias", "ln_before_weight", "ln_before_bias", "ln_after_weight",
+                 "ln_after_bias")
+
+
+def projection_dims(module: nn.Module) -> tuple[int, int]:
+    """(in, out) features of a module: its own if it is a projection, else its first and last projection's."""
+    projections = [m for m in module.modules() if isinstance(m, (nn.Linear, Conv1D))]
+    if not projections:
+        raise TypeError(
+            f"Cannot size an adapter for {type(module).__name__}: it holds no nn.Linear or Conv1D. Target linear "
+            "layers (or blocks made of them) instead."
+        )
+    first, last = projections[0], projections[-1]
+    in_features = first.in_features if isinstance(first, nn.Linear) else first.weight.shape[0]
+    out_features = last.out_features if isinstance(last, nn.Linear) else last.weight.shape[1]
+    return in_features, out_features
+
+
+def input_features(module: nn.Module) -> int:
+    """Features of a module's input: a norm's own size (its 1-D weight), else its first projection's."""
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 1:
+        return weight.shape[0]
+    return projection_dims(module)[0]
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """What a layer needs to know of one of its adapters besides its tensors."""
+
+    config: AdapterConfigBase
+    kind: type[AdapterKind]
+    routes: int
+    tasks: Optional[tuple[str, ...]]  # the task of each route, for task-routed adapters
+    post_ln: bool  # the model applies a LayerNorm after this module's block (post-LN), else only the residual add
+
+    @property
+    def non_linearity(self) -> str:
+        return self.config.non_linearity
+
+    @property
+    def simple(self) -> bool:
+        """Plain ``h + s * A(source)``: no layer norms, gating, learned vector scale or residual variants."""
+        c = self.config
+        return (not c.needs_block_context and c.residual_before_ln is True and not (c.ln_before or c.ln_after)
+                and not c.use_gating and not isinstance(c.scaling, str))
+
+
+class BlockContext:
+    """What an adapter reads around its module, captured by forward hooks on the model's own modules each call.
+
+    ``input_source``: a module whose input a parallel adapter reads (BERT's ``intermediate`` for the adapter on
+    ``output.dense``). ``residual_source``: (module, argument) giving the block's residual input. ``layer_norm``:
+    the block's LayerNorm (post-LN models), used by ``original_ln_before`` and overridden (``original_ln_after=False``)
+    through a forward hook. Each captured tensor is consumed by the layer's next call, so nothing outlives a forward
+    (or a checkpointed re-forward).
+    """
+
+    def __init__(self) -> None:
+        self.input_source: Optional[nn.Module] = None
+        self.residual_argument: Optional[int | str] = None
+        self.layer_norm: Optional[nn.Module] = None
+        self._handles: list = []
+        self._input = None
+        self._residual = None
+        self._ln_output = None
+
+    def attach(self, input_source=None, residual_source=None, residual_argument=None, layer_norm=None) -> None:
+        if input_source is not None and self.input_source is None:
+            self.input_source = input_source
+            self._handles.append(input_source.register_forward_pre_hook(self._store_input, with_kwargs=True))
+        if residual_source is not None and self.residual_argument is None:
+            self.residual_argument = residual_argument
+            self._handles.append(residual_source.register_forward_pre_hook(self._store_residual, with_kwargs=True))
+        if layer_norm is not None and self.layer_norm is None:
+            self.layer_norm = layer_norm
+            self._handles.append(layer_norm.register_forward_hook(self._replace_ln_output))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self.__init__()
+
+    @property
+    def reads_input(self) -> bool:
+        return self.input_source is not None
+
+    def _store_input(self, module, args, kwargs):
+        self._input = args[0] if args else next(iter(kwargs.values()))
+
+    def _store_residual(self, module, args, kwargs):
+        position, keyword = self.residual_argument
+        self._residual = kwargs[keyword] if keyword in kwargs else args[position] if len(args) > position else None
+
+    def _replace_ln_output(self, module, args, output):
+        replacement, self._ln_output = self._ln_output, None
+        if replacement is None:
+            return None
+        value, keep_own = replacement
+        return value if keep_own is None else torch.where(keep_own, output, value)
+
+    def take(self) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        tapped, residual = self._input, self._residual
+        self._input = self._residual = None
+        if self.input_source is not None and tapped is None:
+            raise RuntimeError(
+                "This parallel adapter reads the input of another module (see `input_from`), but that module did "
+                "not run before it. Call the whole block, or target modules that read their own input."
+            )
+        return tapped, residual
+
+    def replace_layer_norm_output(self, value: torch.Tensor, keep_own: Optional[torch.Tensor]) -> None:
+        self._ln_output = (value, keep_own)
+
+
+class AdapterLayer(nn.Module, BaseTunerLayer):
+    """Wraps ``base_layer`` and adds bottleneck adapters to its output, one per adapter name.
+
+    Subclasses set ``prefix`` (their tuner's, so PEFT finds, trains and saves the tensors) and nothing else: the
+    kind of each adapter (plain projections, PHM, ...) comes from its config through the kind registry.
+    """
+
+    prefix: str = ""
+    adapter_kind = "Bottleneck"  # for messages
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: AdapterConfigBase, *,
+                 routing_state: Optional[RoutingState] = None, context: Optional[BlockContext] = None,
+                 shared: Optional[dict] = None, shared_owner: Optional[nn.Module] = None, **kwargs) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapter_layer_names: tuple[str, ...] = ()
+        self.other_param_names = ("settings",)
+        self.settings: dict[str, AdapterSettings] = {}
+        # shared tensors registered in another layer: (tensor name, adapter) -> that layer (looked up on use, so a
+        # cast or move that replaces the tensor there is seen here too)
+        self.__dict__["shared_refs"] = {}
+        self.__dict__["route_table"] = RouteTable()
+        self.__dict__["context"] = context or BlockContext()
+        self.__dict__["routing_state"] = routing_state or RoutingState()
+        self._disable_adapters = False
+        self.merged_adapters = []
+        self.in_features, self.out_features = projection_dims(self.get_base_layer())
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config, shared=shared, shared_owner=shared_owner, **kwargs)
+
+    # -- construction -------------------------------------------------------------------------------------------
+
+    def container(self, tensor: str) -> nn.ParameterDict:
+        """The ``ParameterDict`` holding tensor ``tensor`` of every adapter, created on first use."""
+        name = self.prefix + tensor
+        if name not in self.adapter_layer_names:
+            self.add_module(name, nn.ParameterDict())
+            self.adapter_layer_names = (*self.adapter_layer_names, name)
+        return getattr(self, name)
+
+    def adapter_sizes(self, config: AdapterConfigBase, routes: int) -> Sizes:
+        in_features = self.adapter_in_features(config)
+        return Sizes(routes, in_features, config.bottleneck_width(self.width_reference(in_features)),
+                     self.out_features)
+
+    def adapter_in_features(self, config: AdapterConfigBase) -> int:
+        if not config.is_parallel:
+            return self.out_features  # a sequential adapter reads the module's output
+        if self.context.reads_input:
+            return input_features(self.context.input_source)
+        return self.in_features
+
+    def width_reference(self, in_features: int) -> int:
+        """The hidden size the reduction factor divides: the module's output (the LM-head adapter: its input)."""
+        return self.out_features
+
+    def routes_for(self, config, adapter_name: str) -> tuple[int, Optional[tuple[str, ...]]]:
+        """(number of routes, their task names): one plain route; task-routed layers override this."""
+        return 1, None
+
+    def kind_config(self, config):
+        """The adapter config this layer builds from (the controller nests it)."""
+        return config
+
+    def update_layer(self, adapter_name: str, config, *, shared: Optional[dict] = None,
+                     shared_owner: Optional[nn.Module] = None, **kwargs) -> None:
+        """Add an adapter. ``shared``: model-wide tensors of its kind to register here; ``shared_owner``: the layer
+        that registered them (they are referenced, not registered again)."""
+        adapter_config = self.kind_config(config)
+        kind = kind_of(adapter_config)
+        routes, tasks = self.routes_for(config, adapter_name)
+        sizes = self.adapter_sizes(adapter_config, routes)
+        tensors = {**kind.create(adapter_config, sizes), **self._extra_tensors(adapter_config, sizes)}
+        kind.reset(tensors, adapter_config, adapter_config.init_weights)
+        for tensor, value in tensors.items():
+            self.container(tensor)[adapter_name] = nn.Parameter(value)
+        for tensor, value in (shared or {}).items():
+            self.container(tensor)[adapter_name] = value
+        for tensor in (kind.shared if shared_owner is not None else ()):
+            if adapter_name in shared_owner.container(tensor):
+                self.shared_refs[(tensor, adapter_name)] = shared_owner
+        if not getattr(adapter_config, "learn_phm", True):
+            # per-instance copy: the class attribute is a shared default
+            self.frozen_peft_weight_names = {**self.frozen_peft_weight_names,
+                                             adapter_name: (self.prefix + "phm_rule",)}
+        self.settings[adapter_name] = AdapterSettings(adapter_config, kind, routes, tasks, self.post_ln_block)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        # only the new adapter's trainability is set here: touching every adapter would make adding the n-th one
+        # cost n
+        trainable = adapter_name in self.active_adapters and not config.inference_mode
+        for tensor in self.tensors_of(adapter_name, own_only=True).values():
+            tensor.requires_grad_(trainable)
+        self._freeze_non_trainable_peft_weights(adapter_name)
+
+    @property
+    def post_ln_block(self) -> bool:
+        return self.context.layer_norm is not None
+
+    @staticmethod
+    def _extra_tensors(config: AdapterConfigBase, sizes: Sizes) -> dict[str, torch.Tensor]:
+        routes, in_features, _, out = sizes
+        extra = {}
+        if config.scaling == "learned":
+            extra["scale"] = torch.ones(routes)
+        elif config.scaling == "channel":
+            extra["scale"] = torch.ones(routes, out)
+        if config.use_gating:
+            extra["gate_weight"] = torch.empty(routes, 1, in_features)
+            extra["gate_bias"] = torch.zeros(routes, 1)
+            nn.init.normal_(extra["gate_weight"], std=0.02)  # AdapterHub initialises its gate BERT-style
+        if config.ln_before:
+            extra["ln_before_weight"], extra["ln_before_bias"] = torch.ones(routes, in_features), torch.zeros(
+                routes, in_features)
+        if config.ln_after:
+            extra["ln_after_weight"], extra["ln_after_bias"] = torch.ones(routes, out), torch.zeros(routes, out)
+        return extra
+
+    def reset_adapter(self, adapter_name: str, init_weights) -> None:
+        """Re-initialise one adapter's projections (``init_weights`` as in the configs)."""
+        settings = self.settings[adapter_name]
+        with torch.no_grad():
+            settings.kind.reset(self.tensors_of(adapter_name, own_only=True), settings.config, init_weights)
+
+    def _get_base_layer_device_and_dtype(self, base_layer):
+        device, dtype = super()._get_base_layer_device_and_dtype(base_layer)
+        if device is None:
+            # a whole block (e.g. an MLP) has no `weight`: use its first parameter
+            first = next(base_layer.parameters(), None)
+            if first is not None:
+                device, dtype = first.device, first.dtype
+        return device, dtype
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        for key in [k for k in self.shared_refs if k[1] == adapter_name]:
+            del self.shared_refs[key]
+
+    def bypass(self, bypassed: bool) -> None:
+        """Run the wrapped module alone (``True``) or with its adapters again, leaving every adapter's trainability
+        as it is (PEFT's ``enable_adapters`` would change it); AdapterDrop uses this."""
+        self._disable_adapters = bypassed
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        raise ValueError(MERGE_ERROR.format(kind=self.adapter_kind))
+
+    # -- reading an adapter -------------------------------------------------------------------------------------
+
+    def tensors_of(self, adapter_name: str, own_only: bool = False) -> dict[str, torch.Tensor]:
+        """Every tensor of one adapter in this layer, shared ones included (unless ``own_only``)."""
+        tensors = {}
+        for container_name in self.adapter_layer_names:
+            container = getattr(self, container_name)
+            if adapter_name in container:
+                tensors[container_name[len(self.prefix):]] = container[adapter_name]
+        if not own_only:
+            for (tensor, name), owner in self.shared_refs.items():
+                if name == adapter_name:
+                    tensors[tensor] = getattr(owner, self.prefix + tensor)[name]
+        return tensors
+
+    def projections(self, adapter_name: str) -> Projections:
+        settings = self.settings[adapter_name]
+        return settings.kind.projections(self.tensors_of(adapter_name))
+
+    def adapter_stamp(self, adapter_name: str) -> tuple:
+        return (id(self.settings[adapter_name]), stamp(self.tensors_of(adapter_name).values()))
+
+    def columns(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """One adapter's weights per route, as the routed computation reads them (scale expanded to (R, out))."""
+        settings = self.settings[adapter_name]
+        tensors = self.tensors_of(adapter_name)
+        projections = settings.kind.projections(tensors)
+        reference = projections.down_weight
+        routes = reference.shape[0]
+        columns = {
+            "down_weight": projections.down_weight,
+            "down_bias": projections.down_bias if projections.down_bias is not None else reference.new_zeros(
+                routes, projections.width),
+            "up_weight": projections.up_weight,
+            "up_bias": projections.up_bias if projections.up_bias is not None else reference.new_zeros(
+                routes, self.out_features),
+        }
+        scale = tensors.get("scale")
+        if scale is None:
+            scale = reference.new_full((routes, 1), float(settings.config.scaling))
+        columns["scale"] = (scale.unsqueeze(-1) if scale.dim() == 1 else scale).expand(routes, self.out_features)
+        for extra in EXTRA_TENSORS[1:]:
+            if extra in tensors:
+                columns[extra] = tensors[extra]
+        return columns
+
+    def route_columns(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {k: v.detach() for k, v in self.columns(adapter_name).items()}
+
+    # -- forward ------------------------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        tapped, residual = self.context.take()
+        result = self.base_layer(x, *args, **kwargs)
+        if self.disable_adapters:
+            return result
+        parallel_input = x if tapped is None else tapped
+        routing = self.routing_state.routing
+        if routing is not None and routing.adapters is not None:
+            return self._mixed_forward(result, parallel_input, residual, routing)
+        last = None
+        for adapter_name in self.active_adapters:  # several active adapters apply in turn (a Stack)
+            if adapter_name in self.settings:
+                result = self._apply_adapter(adapter_name, result, parallel_input, residual, routing)
+                last = self.settings[adapter_name]
+        if last is not None and not last.config.original_ln_after:
+            result = self._skip_block_residual(result, residual, last, keep_own=None)
+        return result
+
+    def _apply_adapter(self, adapter_name: str, h, parallel_input, residual, routing: Optional[Routing]) -> torch.Tensor:
+        settings = self.settings[adapter_name]
+        source = parallel_input if settings.config.is_parallel else h
+        if settings.routes > 1:
+            if routing is None or routing.task_codes is None:
+                raise RuntimeError(
+                    f"Adapter {adapter_name!r} routes by task {list(settings.tasks)}, but no `task` was given for "
+                    "this forward."
+                )
+            codes = routing.task_rows(h.shape[0], h.device)
+            columns = {k: v[codes] for k, v in self.columns(adapter_name).items()}
+            return self._adapter(h, source, residual, settings, columns, settings.non_linearity, per_example=True,
+                                 dropout=settings.config.adapter_dropout)
+        if settings.simple:
+            return self._simple(adapter_name, h, source, settings)
+        columns = self.columns(adapter_name)
+        return self._adapter(h, source, residual, settings, columns, settings.non_linearity, per_example=False,
+                             dropout=settings.config.adapter_dropout)
+
+    def _simple(self, adapter_name: str, h, source, settings: AdapterSettings) -> torch.Tensor:
+        """The common case, ``h + s * up(f(down(source)))``, with the fixed scale folded into the add."""
+        down_w, down_b, up_w, up_b = self.projections(adapter_name)
+        source = self._cast_input_dtype(source, down_w.dtype)
+        hidden = get_activation(settings.non_linearity)(F.linear(source, down_w[0], None if down_b is None else
+                                                                 down_b[0]))
+        delta = F.linear(hidden, up_w[0], None if up_b is None else up_b[0]).to(h.dtype)
+        delta = F.dropout(delta, settings.config.adapter_dropout, self.training)
+        return torch.add(h, delta, alpha=float(settings.config.scaling))
+
+    def _mixed_forward(self, result, parallel_input, residual, routing: Routing) -> torch.Tensor:
+        """Every example through its own adapter (``adapter_names``), in one batched computation."""
+        present = [n for n in routing.adapters if n in self.settings]
+        if not present:
+            return result
+        settings = self.settings[present[0]]
+        if len({self.settings[n].config.structure() for n in present}) > 1:
+            raise ValueError(
+                f"`adapter_names` mixes adapters {present} whose settings differ in how the adapter is wired "
+                "(original_ln_before / original_ln_after / residual_before_ln / ln_before / ln_after / "
+                "adapter_residual_before_ln / is_parallel / use_gating); such adapters cannot share one batch."
+            )
+        examples = routing.adapter_rows(result.shape[0], result.device)
+        columns, activation = self._per_example_columns(routing, examples, present)
+        source = parallel_input if settings.config.is_parallel else result
+        out = self._adapter(result, source, residual, settings, columns, activation, per_example=True, dropout=0.0)
+        missing = torch.tensor([n not in self.settings for n in routing.adapters], device=examples.device)
+        base_rows = missing[examples].view(-1, *([1] * (out.dim() - 1)))
+        if not settings.config.original_ln_after:
+            return self._skip_block_residual(out, residual, settings, keep_own=base_rows)
+        return torch.where(base_rows, result, out)
+
+    def _per_example_columns(self, routing: Routing, examples: torch.Tensor, present):
+        """Each example's weights, gathered from the route table (or, when gradients are needed, from the routed
+        adapters stacked afresh), and its activation."""
+        with_grad = torch.is_grad_enabled() and any(
+            p.requires_grad for n in present for p in self.tensors_of(n).values())
+        table = LiveRows(self, present) if with_grad else self.route_table
+        starts = table.rows(self, routing.adapters)
+        routes = torch.tensor([self.settings[n].routes if n in self.settings else 1 for n in routing.adapters])
+        rows = starts[examples.cpu()]
+        if bool((routes > 1).any()):
+            if routing.task_codes is None:
+                raise RuntimeError("A task-routed adapter in `adapter_names` needs `task=` as well.")
+            tasks = routing.task_rows(examples.shape[0], torch.device("cpu"))
+            rows = rows + tasks * (routes[examples.cpu()] > 1)
+        rows = rows.to(examples.device)
+        return table.gather(rows), table.activation_of(rows)
+
+    # -- the adapter computation (AdapterHub's pre_forward / forward / post_forward) --------------------------
+
+    def _adapter(self, h, source, residual, settings: AdapterSettings, columns: dict, activation, *,
+                 per_example: bool, dropout: float) -> torch.Tensor:
+        """The block output before the model's own residual / LayerNorm, for one adapter (``per_example``: one set
+        of weights per example, else one for the batch)."""
+        config = settings.config
+        layer_norm = self.context.layer_norm
+        residual_after = h if config.residual_before_ln is True else None
+        if config.is_parallel:
+            adapter_input = source
+        elif config.original_ln_before:
+            added = h if residual is None else h + residual
+            if config.residual_before_ln == "post_add":
+                residual_after = added
+            adapter_input = layer_norm(added) if layer_norm is not None else added
+        else:
+            adapter_input = h
+        if config.residual_before_ln is False:
+            residual_after = adapter_input
+        delta = self._bottleneck(adapter_input, columns, activation, per_example, dropout).to(h.dtype)
+        if config.is_parallel:
+            return h + (self._norm(delta, columns, "ln_after", per_example) if config.ln_after else delta)
+        if config.ln_after and config.adapter_residual_before_ln:
+            return self._norm(delta + residual_after, columns, "ln_after", per_example)
+        if config.ln_after:
+            return self._norm(delta, columns, "ln_after", per_example) + residual_after
+        return delta + residual_after
+
+    def _bottleneck(self, x, columns: dict, activation, per_example: bool, dropout: float) -> torch.Tensor:
+        """``gate * dropout(s * up(f(down(LN_before(x)))))`` for every example."""
+        dtype = columns["down_weight"].dtype
+        x = self._cast_input_dtype(x, dtype)
+        z = self._norm(x, columns, "ln_before", per_example) if "ln_before_weight" in columns else x
+        z = _linear(z, columns["down_weight"], columns["down_bias"], per_example)
+        z = _activate(z, activation)
+        z = _linear(z, columns["up_weight"], columns["up_bias"], per_example)
+        z = z * _broadcast(columns["scale"], z, per_example)
+        z = F.dropout(z, dropout, self.training)
+        if "gate_weight" in columns:
+            gate = torch.sigmoid(_linear(x, columns["gate_weight"], columns["gate_bias"], per_example))
+            reduce = tuple(range(1, gate.dim() - 1))
+            z = z * (gate.mean(dim=reduce, keepdim=True) if reduce else gate)
+        return z
+
+    def _norm(self, x, columns: dict, which: str, per_example: bool) -> torch.Tensor:
+        weight, bias = columns[f"{which}_weight"], columns[f"{which}_bias"]
+        normed = F.layer_norm(x, x.shape[-1:], eps=1e-5)
+        return normed * _broadcast(weight, normed, per_example) + _broadcast(bias, normed, per_example)
+
+    def _skip_block_residual(self, out, residual, settings: AdapterSettings, keep_own) -> torch.Tensor:
+        """``original_ln_after=False``: the block must return ``out`` itself, without its residual / LayerNorm."""
+        if settings.post_ln:
+            self.context.replace_layer_norm_output(out, None if keep_own is None else keep_own.view(
+                -1, *([1] * (out.dim() - 1))))
+            return out
+        if residual is None:
+            raise RuntimeError("`original_ln_after=False` needs the block's residual input, which was not captured.")
+        skipped = out - residual
+        if keep_own is None:
+            return skipped
+        return torch.where(keep_own.view(-1, *([1] * (out.dim() - 1))), out, skipped)
+
+    def __repr__(self) -> str:
+        return f"{self.adapter_kind.lower()}." + super().__repr__()
+
+
+def _broadcast(value: torch.Tensor, like: torch.Tensor, per_example: bool) -> torch.Tensor:
+    """A (R, features) tensor shaped to multiply ``like`` (R = batch when per example, else the one route)."""
+    value = value.to(like.dtype)
+    if per_example:
+        return value.view(value.shape[0], *([1] * (like.dim() - 2)), value.shape[-1])
+    return value[0]
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], per_example: bool) -> torch.Tensor:
+    if not per_example:
+        return F.linear(x, weight[0], None if bias is None else bias[0])
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    out = torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2)) if bias is not None else torch.bmm(
+        flat, weight.transpose(1, 2))
+    return out.reshape(*x.shape[:-1], weight.shape[1])
+
+
+def _activate(z: torch.Tensor, activation) -> torch.Tensor:
+    """One activation for all, or (code per example, the names they index): at most a few distinct kinds."""
+    if isinstance(activation, str):
+        return get_activation(activation)(z)
+    codes, names = activation
+    out = z
+    for code, kind in enumerate(names):  # the few allowed non-linearities, never the examples
+        chosen = (codes == code).view(-1, *([1] * (z.dim() - 1)))
+        out = torch.where(chosen, get_activation(kind)(z), out)
+    return out
+
+
+def grow_routes(layer: AdapterLayer, adapter_name: str, config, routes: int, tasks) -> None:
+    """Append ``routes`` fresh routes (new tasks) to an adapter; existing routes keep their exact values."""
+    settings = layer.settings[adapter_name]
+    own = layer.tensors_of(adapter_name, own_only=True)
+    grown = settings.kind.grow({k: v.data for k, v in own.items() if k not in EXTRA_TENSORS}, settings.config,
+                               routes)
+    for tensor in EXTRA_TENSORS:
+        if tensor in own:
+            old = own[tensor].data
+            fill = torch.zeros if tensor in ("gate_bias", "ln_before_bias", "ln_after_bias") else torch.ones
+            fresh = fill((routes, *old.shape[1:]), dtype=old.dtype, device=old.device)
+            if tensor == "gate_weight":
+                nn.init.normal_(fresh, std=0.02)
+            grown[tensor] = torch.cat([old, fresh])
+    for tensor, value in grown.items():
+        layer.container(tensor)[adapter_name] = nn.Parameter(value)
+    layer.settings[adapter_name] = AdapterSettings(settings.config, settings.kind, settings.routes + routes, tasks,
+                                                   settings.post_ln)
+    layer.set_adapter(layer.active_adapters, inference_mode=config.inference_mode)
+
+
+__all__ = ["AdapterLayer", "AdapterSettings", "BlockContext", "MERGE_ERROR", "grow_routes", "projection_dims",
+           "kaiming_down_zero_up"]

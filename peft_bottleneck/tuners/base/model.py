@@ -1,0 +1,385 @@
+"""The tuner base: finds the targets of a config, swaps them for adapted layers, and routes every call.
+
+Tuner types differ only in their config and layer class; everything here is shared. Adding the second and later
+adapters with the same targets as an existing one skips PEFT's scan of the whole model (which grows with every
+adapter held), so the 512th adapter costs what the first did; any failure while adding or loading leaves the model
+exactly as it was.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from typing import Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _get_submodules, check_target_module_exists
+from peft.utils.other import set_additional_trainable_modules
+
+from ...target_modules import ADAPTER_POSITIONS, block_context_for, input_source_for, positions_for
+from . import legacy
+from .config import AdapterConfigBase, TargetingConfig
+from .kinds import kind_of
+from .layer import MERGE_ERROR, AdapterLayer, BlockContext
+from .routing import BASE_ROUTE, Routing, RoutingState, adapter_codes, task_codes
+
+# checks run on every new or loaded adapter config: (config, model) -> None or raise; other parts of the package (the
+# compression wing's layer map) register theirs here, so the tuners import nothing of them
+NEW_ADAPTER_CHECKS: list = []
+ADAPTER_NAME_RULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+RESERVED_NAMES = (BASE_ROUTE,)
+BATCH_INPUTS = ("input_ids", "inputs_embeds", "pixel_values", "input_values", "input_features")
+
+
+def check_adapter_name(name) -> None:
+    """Adapter names become folder names and state-dict key parts: plain identifiers only."""
+    if not isinstance(name, str) or not ADAPTER_NAME_RULE.match(name) or name in RESERVED_NAMES:
+        raise ValueError(
+            f"Adapter name {name!r} is not allowed: use letters, digits, '_' and '-' only (no dots, path separators, "
+            f"spaces or empty names), not starting with '-', and not the reserved {list(RESERVED_NAMES)}."
+        )
+
+
+class AdapterTuner(BaseTuner):
+    """Shared tuner of every adapter type here. Subclasses set ``prefix`` and ``tuner_layer_cls``."""
+
+    prefix: str = ""
+    tuner_layer_cls = AdapterLayer
+    target_module_mapping: dict = {}  # positions come from `target_modules.ADAPTER_POSITIONS` by placement
+    model_card_tags = ("peft-bottleneck",)
+
+    def __init__(self, model, peft_config, adapter_name, **kwargs) -> None:
+        self.__dict__["routing_state"] = RoutingState()
+        self.__dict__["_shared"] = {}  # adapter -> the layer that registered its kind's model-wide tensors
+        self.__dict__["_targets"] = {}  # adapter -> (targeting signature, keys it adapted)
+        super().__init__(model, peft_config, adapter_name, **kwargs)
+
+    # -- targets --------------------------------------------------------------------------------------------------
+
+    def _post_injection_hook(self, model, config, adapter_name) -> None:
+        # name the type in the model card PEFT writes on save: a process that never imported us cannot resolve it
+        if hasattr(model, "add_model_tags"):
+            model.add_model_tags([*self.model_card_tags, config.peft_type.value.lower()])
+
+    def _check_new_adapter_config(self, config) -> None:
+        super()._check_new_adapter_config(config)
+        name = next((n for n, c in self.peft_config.items() if c is config), None)
+        check_adapter_name(name)
+        for check in NEW_ADAPTER_CHECKS:
+            check(config, self.model)
+
+    def _prepare_adapter_config(self, peft_config, model_config):
+        adapter_config = self.adapter_config(peft_config)
+        default_positions = peft_config.target_modules is None
+        if adapter_config.original_ln_before is None:
+            # the preset applies where the architecture table knows the blocks' residuals and LayerNorms
+            sites = default_positions and bool(getattr(ADAPTER_POSITIONS.get(model_config.get("model_type") or ""),
+                                                       "sites", None))
+            adapter_config.original_ln_before = adapter_config.preset_original_ln_before() and sites
+        if default_positions:
+            positions = positions_for(model_config.get("model_type"), type(peft_config).__name__)
+            targets, excluded = adapter_config.default_targets(positions)
+            if adapter_config.is_parallel and adapter_config.input_from is None:
+                adapter_config.input_from = dict(positions.ffn_input_from)
+            peft_config.target_modules = set(targets)
+            if excluded:
+                if isinstance(peft_config.exclude_modules, str):
+                    raise ValueError(
+                        "`exclude_modules` as a regex cannot be combined with the default placement on this "
+                        f"architecture; pass `target_modules` explicitly or exclude_modules as a list (the placement "
+                        f"must also exclude {excluded})."
+                    )
+                peft_config.exclude_modules = set(peft_config.exclude_modules or ()) | set(excluded)
+        return peft_config
+
+    @staticmethod
+    def adapter_config(peft_config) -> AdapterConfigBase:
+        """The config of the adapters themselves (the controller nests it)."""
+        return peft_config
+
+    def _check_target_module_exists(self, peft_config, key: str):
+        found = check_target_module_exists(peft_config, key)
+        if found and peft_config.leave_out and not _is_excluded(found):
+            index = _layer_index(key)
+            if index is not None and index in peft_config.leave_out:
+                return False
+        return found
+
+    def layer_class(self, peft_config, current_key: str) -> type:
+        return self.tuner_layer_cls
+
+    def layer_kwargs(self, peft_config, adapter_name: str, current_key: str) -> dict:
+        """The model-wide tensors of the adapter's kind for the first layer that gets the adapter (it registers
+        them), the layer that holds them for every other."""
+        kind = kind_of(self.adapter_config(peft_config))
+        if not kind.shared:
+            return {}
+        owner = self._shared.get(adapter_name)
+        if owner is not None:
+            return {"shared_owner": owner}
+        device = next(self.model.parameters()).device
+        tensors = kind.create_shared(self.adapter_config(peft_config), device)
+        return {"shared": {k: torch.nn.Parameter(v) for k, v in tensors.items()}}
+
+    def _attach_context(self, context: BlockContext, peft_config, current_key: str) -> None:
+        config = self.adapter_config(peft_config)
+        model_type = getattr(getattr(self.model, "config", None), "model_type", None)
+        if config.is_parallel:
+            source = input_source_for(self.model, config.input_from, current_key)
+            if source is not None:
+                context.attach(input_source=source)
+        if config.needs_block_context:
+            residual_source, argument, layer_norm = block_context_for(self.model, model_type, current_key, config)
+            context.attach(residual_source=residual_source, residual_argument=argument, layer_norm=layer_norm)
+
+    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key,
+                            parameter_name=None):
+        kwargs = self.layer_kwargs(peft_config, adapter_name, current_key)
+        if isinstance(target, AdapterLayer):
+            self._attach_context(target.context, peft_config, current_key)
+            target.update_layer(adapter_name, peft_config, **kwargs)
+            new_module = target
+        else:
+            context = BlockContext()
+            self._attach_context(context, peft_config, current_key)
+            layer_cls = self.layer_class(peft_config, current_key)
+            try:
+                new_module = layer_cls(target, adapter_name, peft_config, routing_state=self.routing_state,
+                                       context=context, **kwargs)
+            except Exception:
+                context.detach()
+                raise
+            self._replace_module(parent, target_name, new_module, target)
+        if kwargs.get("shared"):
+            self._shared[adapter_name] = new_module  # the layer that registered the shared tensors
+        self._targets.setdefault(adapter_name, (None, []))[1].append(current_key)
+
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        if not hasattr(new_module, "base_layer"):
+            # unloading: put the original module back as it was (PEFT's version assumes it has a `weight`, which
+            # a wrapped block such as an MLP does not)
+            setattr(parent, child_name, new_module)
+            return
+        super()._replace_module(parent, child_name, new_module, child)
+
+    def _check_merge_allowed(self):
+        raise ValueError(MERGE_ERROR.format(kind=self.tuner_layer_cls.adapter_kind))
+
+    def tuner_layers(self):
+        return (module for module in self.model.modules() if isinstance(module, AdapterLayer))
+
+    def _unload_and_optionally_merge(self, *args, **kwargs):
+        for layer in self.tuner_layers():
+            layer.context.detach()
+        return super()._unload_and_optionally_merge(*args, **kwargs)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        self._shared.pop(adapter_name, None)
+        self._targets.pop(adapter_name, None)
+
+    # -- adding adapters: transactional, and flat in the number held ------------------------------------------
+
+    def inject_adapter(self, model, adapter_name, autocast_adapter_dtype=True, low_cpu_mem_usage=False,
+                       state_dict=None):
+        before = {id(m) for m in model.modules() if isinstance(m, BaseTunerLayer)}
+        try:
+            if not self._inject_like_an_existing_adapter(model, adapter_name, autocast_adapter_dtype,
+                                                         low_cpu_mem_usage, state_dict):
+                self._targets.pop(adapter_name, None)
+                super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
+                                       low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+            self._targets[adapter_name] = (self._signature(self.peft_config[adapter_name]),
+                                           self._targets.get(adapter_name, (None, []))[1])
+            self._shared.pop(adapter_name, None)  # only needed while this adapter's layers are made
+        except BaseException:
+            self.remove_partial_adapter(model, adapter_name, before)
+            raise
+
+    def remove_partial_adapter(self, model, adapter_name: str, layers_before: set) -> None:
+        """Undo a half-done injection: drop the adapter from every layer, unwrap layers made for it."""
+        for name, module in list(model.named_modules()):
+            if not isinstance(module, AdapterLayer):
+                continue
+            if adapter_name in module.settings or any(adapter_name in getattr(module, c) for c in
+                                                      module.adapter_layer_names):
+                for container in (*module.adapter_layer_names, "settings"):
+                    getattr(module, container).pop(adapter_name, None)
+                for key in [k for k in module.shared_refs if k[1] == adapter_name]:
+                    del module.shared_refs[key]
+            if id(module) not in layers_before and not module.settings:
+                module.context.detach()
+                parent, _, child_name = _get_submodules(model, name)
+                setattr(parent, child_name, module.base_layer)
+        self._shared.pop(adapter_name, None)
+        self._targets.pop(adapter_name, None)
+        for key in [k for k in self.targeted_module_names if _get_module_or_none(model, k) is None]:
+            self.targeted_module_names.remove(key)
+
+    def _signature(self, peft_config) -> tuple:
+        config = self.adapter_config(peft_config)
+        as_key = lambda v: tuple(sorted(v)) if isinstance(v, (set, list)) else v  # noqa: E731
+        return (type(peft_config), as_key(peft_config.target_modules), as_key(peft_config.exclude_modules),
+                as_key(peft_config.layers_to_transform), as_key(peft_config.layers_pattern),
+                as_key(peft_config.leave_out), tuple(sorted((config.input_from or {}).items())),
+                config.needs_block_context, getattr(peft_config, "output_adapter", None) is not None)
+
+    def _inject_like_an_existing_adapter(self, model, adapter_name, autocast_adapter_dtype, low_cpu_mem_usage,
+                                         state_dict) -> bool:
+        if low_cpu_mem_usage or state_dict is not None or not self._targets:
+            return False
+        peft_config = self.peft_config[adapter_name]
+        self._check_new_adapter_config(peft_config)
+        self._prepare_adapter_config(peft_config, self.get_model_config(model))
+        signature = self._signature(peft_config)
+        keys = next((k for s, k in self._targets.values() if s == signature and k), None)
+        if keys is None:
+            return False
+        for key in keys:
+            parent, target, target_name = _get_submodules(model, key)
+            self._create_and_replace(peft_config, adapter_name, target, target_name, parent, current_key=key)
+        for layer in (model.get_submodule(k) for k in keys):
+            layer.set_requires_grad(adapter_name, adapter_name in self.active_adapters
+                                    and not peft_config.inference_mode)
+        self._cast_adapter_dtype(adapter_name=adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        set_additional_trainable_modules(model=model, peft_config=peft_config,
+                                         model_config=BaseTuner.get_model_config(self), adapter_name=adapter_name,
+                                         activate_adapter=adapter_name in self.active_adapters)
+        return True
+
+    # -- loading ------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        state_dict = legacy.convert_state_dict(state_dict, cls.prefix, config)
+        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+
+    # -- routing ------------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        # PeftModel strips `adapter_names` before calling us: hand it to our forward / generate
+        self.routing_state.pending_adapter_names = kwargs.get("adapter_names")
+        try:
+            yield
+        finally:
+            self.routing_state.pending_adapter_names = None
+
+    def forward(self, *args, task=None, adapter_names=None, **kwargs):
+        with self.routed(adapter_names, task, kwargs):
+            return self.model(*args, **kwargs)
+
+    def generate(self, *args, task=None, adapter_names=None, **kwargs):
+        with self.routed(adapter_names, task, kwargs, repeat=_generation_repeat(self.model, kwargs)):
+            return self.model.generate(*args, **kwargs)
+
+    @contextmanager
+    def routed(self, adapter_names, task, inputs: dict, repeat: int = 1):
+        """Set the routing of this call on every layer; without gradients, clear it when the call returns."""
+        if adapter_names is None:
+            adapter_names = self.routing_state.pending_adapter_names
+        routing = self.routing_for(adapter_names, task, _batch_size(inputs))
+        self.routing_state.routing = None if routing is None else routing.with_repeat(repeat)
+        try:
+            yield
+        finally:
+            if not torch.is_grad_enabled():
+                self.routing_state.routing = None
+
+    def routing_for(self, adapter_names, task, batch_size: Optional[int]) -> Optional[Routing]:
+        adapters = codes = None
+        if adapter_names is not None:
+            if self.training:
+                raise ValueError(
+                    "`adapter_names` routes a mixed batch at inference; call `model.eval()` first (train each adapter "
+                    "with `set_adapter`)."
+                )
+            adapters, codes = adapter_codes(adapter_names, self.peft_config.keys())
+            _check_batch(len(adapter_names), batch_size, "adapter_names")
+        routed = [n for n in (adapters or self.active_adapters) if n in self.peft_config and
+                  getattr(self.peft_config[n], "tasks", None)]
+        tasks, t_codes = self._task_routing(routed, task, batch_size)
+        if codes is None and t_codes is None:
+            return None
+        return Routing(adapters, codes, tasks, t_codes)
+
+    def _task_routing(self, routed: list[str], task, batch_size):
+        if not routed:
+            if task is not None:
+                raise ValueError(f"`task=` was given, but no active adapter routes by task (active: "
+                                 f"{self.active_adapters}).")
+            return None, None
+        configs = [self.peft_config[n] for n in routed]
+        tasks = tuple(configs[0].tasks)
+        if any(tuple(c.tasks) != tasks for c in configs[1:]):
+            raise ValueError(f"The task-routed adapters {routed} have different task lists; route one at a time.")
+        if task is None and self._adapters_off():
+            return None, None
+        if task is None:
+            default = configs[0].default_task
+            if default is None:
+                if all(c.routed_task_count() == 1 for c in configs):
+                    return None, None
+                raise ValueError(
+                    f"This adapter routes by task ({list(tasks)}): pass `task=` to forward/generate (a task name, a "
+                    "list with one name per example, or a LongTensor of task indices), or set `default_task` in the "
+                    "config."
+                )
+            task = default
+        whole_batch = isinstance(task, str) or (isinstance(task, int) and not isinstance(task, bool)) or (
+            isinstance(task, torch.Tensor) and task.dim() == 0)
+        codes = task_codes([task] if whole_batch and not isinstance(task, torch.Tensor) else
+                           (task.reshape(1) if whole_batch else task), tasks)
+        if whole_batch:
+            if batch_size is None:
+                raise ValueError("`task` names one task for the whole batch, but the batch size is unknown: pass "
+                                 "one task per example.")
+            codes = codes.expand(batch_size)
+        else:
+            _check_batch(codes.shape[0], batch_size, "task")
+        return tasks, codes
+
+    def _adapters_off(self) -> bool:
+        layers = list(self.tuner_layers())
+        return bool(layers) and all(layer.disable_adapters for layer in layers)
+
+
+def _is_excluded(found) -> bool:
+    return type(found).__name__ == "_ExcludedModule"
+
+
+def _layer_index(key: str) -> Optional[int]:
+    match = re.search(r"\.(\d+)\.", key)
+    return int(match.group(1)) if match else None
+
+
+def _get_module_or_none(model, key):
+    try:
+        return model.get_submodule(key)
+    except AttributeError:
+        return None
+
+
+def _batch_size(inputs: dict) -> Optional[int]:
+    for name in BATCH_INPUTS:
+        value = inputs.get(name)
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+    return None
+
+
+def _check_batch(routed: int, batch_size: Optional[int], field: str) -> None:
+    if batch_size is not None and routed != batch_size:
+        raise ValueError(f"`{field}` has {routed} entries but the batch has {batch_size} examples: pass exactly one "
+                         f"per example.")
+
+
+def _generation_repeat(model, kwargs: dict) -> int:
+    """How many rows ``generate`` makes of each example (beams x returned sequences)."""
+    config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    beams = kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1
+    returned = kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1)) or 1
+    return int(max(beams, 1) * max(returned, 1))
+
+
+__all__ = ["AdapterTuner", "TargetingConfig", "check_adapter_name"]

@@ -1,0 +1,299 @@
+"""Per-example routing: one object says which adapter (and which of its task routes) every example of a batch uses.
+
+``Routing`` is built once per model call, from ``adapter_names=[...]`` (one adapter name per example), from
+``task=`` (a task name, one name per example, or a LongTensor of task indices) or both, and handed to every adapted
+layer through the model's one ``RoutingState``. Lifetime: every forward / ``generate`` of the tuner sets it at its
+start (to a routing, or to none), so a gradient-checkpointed layer that re-runs during backward routes the same way;
+a call without gradients clears it when it returns.
+
+``RouteTable`` keeps a layer's adapter weights stacked for gathering, so a batch that mixes many of the layer's
+adapters is one gather and two batched matmuls, with no Python loop over adapters or examples on the tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+BASE_ROUTE = "__base__"
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which route every example of a batch takes.
+
+    ``adapters``: the distinct adapter names of the batch (``BASE_ROUTE`` = no adapter) and ``adapter_codes`` the
+    position of each example's adapter in it; None when every example uses the active adapters.
+    ``task_codes``: each example's task index into ``tasks``; None without task routing.
+    ``repeat``: how many consecutive rows a layer may see per example (beam search / ``num_return_sequences``,
+    set by ``generate``, which knows the factor); every other batch size is an error.
+    """
+
+    adapters: Optional[tuple[str, ...]] = None
+    adapter_codes: Optional[torch.Tensor] = None
+    tasks: Optional[tuple[str, ...]] = None
+    task_codes: Optional[torch.Tensor] = None
+    repeat: int = 1
+
+    @property
+    def batch_size(self) -> int:
+        codes = self.adapter_codes if self.adapter_codes is not None else self.task_codes
+        return int(codes.shape[0])
+
+    def with_repeat(self, factor: int) -> Routing:
+        return Routing(self.adapters, self.adapter_codes, self.tasks, self.task_codes, self.repeat * factor)
+
+    def _rows(self, codes: torch.Tensor, rows: int, device) -> torch.Tensor:
+        routed = codes.shape[0]
+        if rows == routed:
+            expanded = codes
+        elif self.repeat > 1 and rows == routed * self.repeat:
+            expanded = codes.repeat_interleave(self.repeat)
+        else:
+            sizes = f"{routed}" + (f" (or {routed * self.repeat} in generation)" if self.repeat > 1 else "")
+            raise ValueError(
+                f"The routing has one entry per example ({sizes}), but a layer received a batch of {rows}: pass "
+                "exactly one adapter name / task per example."
+            )
+        return expanded.to(device, non_blocking=True)
+
+    def adapter_rows(self, rows: int, device) -> torch.Tensor:
+        return self._rows(self.adapter_codes, rows, device)
+
+    def task_rows(self, rows: int, device) -> torch.Tensor:
+        return self._rows(self.task_codes, rows, device)
+
+
+def _is_int_list(values) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def adapter_codes(adapter_names, available) -> tuple[tuple[str, ...], torch.Tensor]:
+    """(distinct names, code per example) for ``adapter_names=[...]``, checked against the model's adapters."""
+    if isinstance(adapter_names, str) or not isinstance(adapter_names, Sequence):
+        raise TypeError(
+            f"`adapter_names` must be a list with one adapter name per example, got {type(adapter_names).__name__}."
+        )
+    if len(adapter_names) == 0:
+        raise ValueError("`adapter_names` is empty: pass one adapter name per example.")
+    if not all(isinstance(n, str) for n in adapter_names):
+        raise TypeError(f"`adapter_names` must hold adapter names (str), got {list(adapter_names)!r}.")
+    available = set(available)
+    names = tuple(dict.fromkeys(adapter_names))
+    unknown = [n for n in names if n != BASE_ROUTE and n not in available]
+    if unknown:
+        raise ValueError(
+            f"`adapter_names` contains unknown adapter(s) {unknown}; the model has {sorted(available)} "
+            f"(or use {BASE_ROUTE!r} for the base model)."
+        )
+    position = {name: i for i, name in enumerate(names)}
+    return names, torch.tensor([position[n] for n in adapter_names], dtype=torch.long)
+
+
+def task_codes(task, tasks: Sequence[str]) -> torch.Tensor:
+    """Task index per example for ``task=`` (a name for the whole batch is expanded by the caller)."""
+    tasks = list(tasks)
+    if isinstance(task, torch.Tensor):
+        if task.dtype in (torch.bool,) or task.is_floating_point() or task.is_complex():
+            raise TypeError(f"`task` as a tensor must hold integer task indices, got dtype {task.dtype}.")
+        codes = task.reshape(-1).long().cpu()
+    elif isinstance(task, (list, tuple)) and task and all(isinstance(t, str) for t in task):
+        unknown = sorted({t for t in task if t not in tasks})
+        if unknown:
+            raise ValueError(f"Unknown task(s) {unknown}; the valid tasks are {tasks}.")
+        index = {name: i for i, name in enumerate(tasks)}
+        codes = torch.tensor([index[t] for t in task], dtype=torch.long)
+    elif isinstance(task, (list, tuple)) and task and _is_int_list(task):
+        codes = torch.tensor(task, dtype=torch.long)
+    elif isinstance(task, (list, tuple)) and not task:
+        raise ValueError("`task` is empty: pass one task per example, or one task name for the whole batch.")
+    else:
+        raise TypeError(f"`task` must be a task name, a list of names or of indices, or a LongTensor; got {task!r}.")
+    if codes.numel() == 0:
+        raise ValueError("`task` is empty: pass one task per example, or one task name for the whole batch.")
+    low, high = int(codes.min()), int(codes.max())
+    if low < 0 or high >= len(tasks):
+        raise ValueError(f"Task index out of range: got {low if low < 0 else high}; valid indices are "
+                         f"0..{len(tasks) - 1} for the tasks {tasks}.")
+    return codes
+
+
+@dataclass
+class RoutingState:
+    """The one mutable place a model's adapted layers read the current routing from (shared by all of them)."""
+
+    routing: Optional[Routing] = None
+    pending_adapter_names: Optional[list] = None  # handed from PeftModel's forward hook to the tuner's forward
+
+
+# -- gathering ------------------------------------------------------------------------------------------------------
+
+
+def stamp(tensors) -> tuple:
+    """Changes whenever any of the tensors is replaced or modified in place (optimizer step, load, copy_)."""
+    return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+
+
+class _Rows:
+    """Rows of stacked route weights: row 0 is the base route (all zeros), then each adapter's routes."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.first_row: dict[str, int] = {}
+        self.route_count: dict[str, int] = {}
+        # distinct non-linearities and, per row, an index into them (the base route's zero weights give zero under
+        # any of them, so its code does not matter)
+        self.kinds: list[str] = []
+        self.activation_codes = torch.zeros(0, dtype=torch.long)
+
+    def gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v[rows] for k, v in self.tensors.items()}
+
+    def activation_of(self, rows: torch.Tensor):
+        """One name when every row shares a non-linearity, else (code per example, the names the codes index)."""
+        if len(self.kinds) <= 1:
+            return self.kinds[0] if self.kinds else "identity"
+        return self.activation_codes.to(rows.device)[rows], tuple(self.kinds)
+
+    def _code(self, activation: str) -> int:
+        if activation not in self.kinds:
+            self.kinds.append(activation)
+        return self.kinds.index(activation)
+
+
+class RouteTable(_Rows):
+    """Every adapter of one layer, stacked, for gathering per example at inference.
+
+    An adapter's rows are rewritten only when its tensors changed (``stamp``); a new adapter is appended into spare
+    capacity (doubled when full). Keeping the table fresh costs, per forward, one stamp check for each adapter the
+    batch uses; a wider bottleneck or a new kind of column rebuilds it once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stamps: dict[str, tuple] = {}
+        self.used = 1
+
+    def rows(self, layer, names: Sequence[str], refresh: bool = True) -> torch.Tensor:
+        """First table row of each name (0, the base route, for BASE_ROUTE or an adapter this layer lacks)."""
+        starts = []
+        for name in names:  # the distinct adapters of the batch: a lookup and a stamp check each
+            if name == BASE_ROUTE or name not in layer.settings:
+                starts.append(0)
+                continue
+            current = layer.adapter_stamp(name)
+            if self.stamps.get(name) != current:
+                self._refresh(layer, name, current)
+            starts.append(self.first_row[name])
+        return torch.tensor(starts, dtype=torch.long)
+
+    def _refresh(self, layer, name: str, current: tuple) -> None:
+        columns = layer.route_columns(name)
+        if self._fits(name, columns):
+            self._write(name, columns, layer.settings[name].non_linearity)
+            self.stamps[name] = current
+        else:
+            self.rebuild(layer)
+
+    def _fits(self, name: str, columns: dict) -> bool:
+        if not self.tensors:
+            return False
+        reference, value = self.tensors["down_weight"], columns["down_weight"]
+        routes = value.shape[0]
+        return (reference.device == value.device and reference.dtype == value.dtype
+                and set(columns) <= set(self.tensors) and value.shape[1] <= reference.shape[1]
+                and self.route_count.get(name, routes) == routes)
+
+    def rebuild(self, layer) -> None:
+        every = {name: layer.route_columns(name) for name in layer.settings}
+        self.__init__()
+        if not every:
+            return
+        width = max(c["down_weight"].shape[1] for c in every.values())
+        total = 1 + sum(c["down_weight"].shape[0] for c in every.values())
+        shapes = {key: (value, _padded_shape(key, value, width)) for c in every.values() for key, value in c.items()}
+        self.tensors = {key: value.new_zeros((2 * total, *shape)) for key, (value, shape) in shapes.items()}
+        self.activation_codes = torch.zeros(2 * total, dtype=torch.long)
+        for name, columns in every.items():
+            self._write(name, columns, layer.settings[name].non_linearity)
+            self.stamps[name] = layer.adapter_stamp(name)
+
+    def _write(self, name: str, columns: dict, activation: str) -> None:
+        routes = columns["down_weight"].shape[0]
+        if name not in self.first_row:
+            self._reserve(routes)
+            self.first_row[name], self.route_count[name] = self.used, routes
+            self.used += routes
+        start = self.first_row[name]
+        self.activation_codes[start:start + routes] = self._code(activation)
+        with torch.no_grad():
+            for key, table in self.tensors.items():
+                block = table[start:start + routes]
+                block.zero_()
+                if key in columns:
+                    value = columns[key]
+                    block[tuple(slice(0, n) for n in value.shape)].copy_(value)
+
+    def _reserve(self, routes: int) -> None:
+        capacity = self.tensors["down_weight"].shape[0]
+        if self.used + routes <= capacity:
+            return
+        grown = max(2 * capacity, self.used + routes)
+        self.tensors = {k: torch.cat([v, v.new_zeros((grown - capacity, *v.shape[1:]))]) for k, v in
+                        self.tensors.items()}
+        self.activation_codes = torch.cat([self.activation_codes, torch.zeros(grown - capacity, dtype=torch.long)])
+
+
+class LiveRows(_Rows):
+    """The routed adapters' weights stacked afresh with their gradients (training through a mixed batch)."""
+
+    def __init__(self, layer, names: Sequence[str]) -> None:
+        super().__init__()
+        names = [n for n in dict.fromkeys(names) if n in layer.settings]
+        every = [layer.columns(n) for n in names]
+        width = max(c["down_weight"].shape[1] for c in every)
+        keys = set().union(*every)
+        codes = [0]
+        position = 1
+        for name, columns in zip(names, every):
+            routes = columns["down_weight"].shape[0]
+            self.first_row[name], self.route_count[name] = position, routes
+            codes += [self._code(layer.settings[name].non_linearity)] * routes
+            position += routes
+        for key in keys:
+            reference = next(c[key] for c in every if key in c)
+            zero_row = reference.new_zeros((1, *_padded_shape(key, reference, width)))
+            parts = [zero_row] + [
+                _pad_column(key, c[key], width) if key in c
+                else zero_row.expand(c["down_weight"].shape[0], *zero_row.shape[1:]) for c in every
+            ]
+            self.tensors[key] = torch.cat(parts)
+        self.activation_codes = torch.tensor(codes, dtype=torch.long)
+
+    def rows(self, layer, names: Sequence[str], refresh: bool = True) -> torch.Tensor:
+        return torch.tensor([self.first_row.get(n, 0) for n in names], dtype=torch.long)
+
+
+def _padded_shape(key: str, value: torch.Tensor, width: int) -> tuple[int, ...]:
+    """Per-route shape of a column with its bottleneck dimension padded to ``width``."""
+    shape = list(value.shape[1:])
+    if key in ("down_weight", "down_bias"):
+        shape[0] = width
+    elif key == "up_weight":
+        shape[1] = width
+    return tuple(shape)
+
+
+def _pad_column(key: str, value: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero-pad a column's bottleneck dimension to ``width``: exact, since every allowed activation maps 0 to 0."""
+    if key == "down_weight":
+        return F.pad(value, (0, 0, 0, width - value.shape[1]))
+    if key == "down_bias":
+        return F.pad(value, (0, width - value.shape[1]))
+    if key == "up_weight":
+        return F.pad(value, (0, width - value.shape[2]))
+    return value
