@@ -39,7 +39,8 @@ from transformers import (  # noqa: E402
 
 from peft_bottleneck import BottleneckConfig, LayerImportanceCallback, compression_plan, prune_layers  # noqa: E402
 from peft_bottleneck.bundled import minilm_path, sentiment_splits  # noqa: E402
-from peft_bottleneck.importance import default_prune_method, least_important  # noqa: E402
+from peft_bottleneck.compression import least_important
+from peft_bottleneck.compression.importance import default_prune_method  # noqa: E402
 
 LAYERS = 6
 

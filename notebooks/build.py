@@ -166,7 +166,7 @@ LAYER_IMPORTANCE = [
              "from peft_bottleneck import (BottleneckConfig, LayerImportanceCallback, compression_plan, heal,\n"
              "                             prune_layers, set_adapter_drop)\n"
              "from peft_bottleneck.bundled import minilm_path, sentiment_splits\n"
-             "from peft_bottleneck.importance import least_important\n\n"
+             "from peft_bottleneck.compression import least_important\n\n"
              "tokenizer = AutoTokenizer.from_pretrained(minilm_path())\ncollate = DataCollatorWithPadding(tokenizer)\n"
              "splits = sentiment_splits().map(lambda b: tokenizer(b['text'], truncation=True, max_length=48),\n"
              "                                batched=True, remove_columns=['text'])\n"

@@ -272,6 +272,25 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         with torch.no_grad():
             settings.kind.reset(self.tensors_of(adapter_name, own_only=True), settings.config, init_weights)
 
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device=None) -> None:
+        """PEFT's version, touching only this adapter's tensors (PEFT's scans every adapter's, so the n-th
+        addition would cost n)."""
+        target_device, target_dtype = self._get_base_layer_device_and_dtype(self.get_base_layer())
+        target_device = device if device is not None else target_device
+        if target_device is None:
+            return
+        if target_dtype is not None and not (target_dtype.is_floating_point or target_dtype.is_complex):
+            target_dtype = None
+        for name in self.adapter_layer_names:
+            container = getattr(self, name)
+            item = container.get(adapter_name) if adapter_name in container else None
+            if item is None or item.device == torch.device("meta"):
+                continue
+            moved = item.to(target_device, dtype=target_dtype) if target_dtype is not None and \
+                item.is_floating_point() else item.to(target_device)
+            if moved is not item:
+                container[adapter_name] = moved
+
     def _get_base_layer_device_and_dtype(self, base_layer):
         device, dtype = super()._get_base_layer_device_and_dtype(base_layer)
         if device is None:

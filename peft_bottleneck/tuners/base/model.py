@@ -29,6 +29,9 @@ NEW_ADAPTER_CHECKS: list = []
 ADAPTER_NAME_RULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
 RESERVED_NAMES = (BASE_ROUTE,)
 BATCH_INPUTS = ("input_ids", "inputs_embeds", "pixel_values", "input_values", "input_features")
+# keyword arguments only `generate` takes: PeftModel calls the same hook for forward and generate
+GENERATION_ARGS = {"generation_config", "max_new_tokens", "max_length", "num_beams", "num_return_sequences",
+                   "do_sample", "min_new_tokens"}
 
 
 def check_adapter_name(name) -> None:
@@ -238,9 +241,6 @@ class AdapterTuner(BaseTuner):
         for key in keys:
             parent, target, target_name = _get_submodules(model, key)
             self._create_and_replace(peft_config, adapter_name, target, target_name, parent, current_key=key)
-        for layer in (model.get_submodule(k) for k in keys):
-            layer.set_requires_grad(adapter_name, adapter_name in self.active_adapters
-                                    and not peft_config.inference_mode)
         self._cast_adapter_dtype(adapter_name=adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
         set_additional_trainable_modules(model=model, peft_config=peft_config,
                                          model_config=BaseTuner.get_model_config(self), adapter_name=adapter_name,
@@ -258,12 +258,10 @@ class AdapterTuner(BaseTuner):
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs):
-        # PeftModel strips `adapter_names` before calling us: hand it to our forward / generate
-        self.routing_state.pending_adapter_names = kwargs.get("adapter_names")
-        try:
+        # PeftModel wraps every forward and generate in this (and strips `adapter_names` before calling on)
+        repeat = _generation_repeat(self.model, kwargs) if GENERATION_ARGS & set(kwargs) else 1
+        with self.routed(kwargs.get("adapter_names"), kwargs.get("task"), kwargs, repeat=repeat):
             yield
-        finally:
-            self.routing_state.pending_adapter_names = None
 
     def forward(self, *args, task=None, adapter_names=None, **kwargs):
         with self.routed(adapter_names, task, kwargs):
@@ -275,16 +273,26 @@ class AdapterTuner(BaseTuner):
 
     @contextmanager
     def routed(self, adapter_names, task, inputs: dict, repeat: int = 1):
-        """Set the routing of this call on every layer; without gradients, clear it when the call returns."""
-        if adapter_names is None:
-            adapter_names = self.routing_state.pending_adapter_names
+        """Set this call's routing on every layer, at its start (``None`` when it routes nothing); a call without
+        gradients clears it when it returns. The outermost call decides: PeftModel's forward hook routes, and the
+        tuner's own forward inside it keeps that routing."""
+        state = self.routing_state
+        if state.depth:
+            state.depth += 1
+            try:
+                yield
+            finally:
+                state.depth -= 1
+            return
         routing = self.routing_for(adapter_names, task, _batch_size(inputs))
-        self.routing_state.routing = None if routing is None else routing.with_repeat(repeat)
+        state.routing = None if routing is None else routing.with_repeat(repeat)
+        state.depth = 1
         try:
             yield
         finally:
+            state.depth = 0
             if not torch.is_grad_enabled():
-                self.routing_state.routing = None
+                state.routing = None
 
     def routing_for(self, adapter_names, task, batch_size: Optional[int]) -> Optional[Routing]:
         adapters = codes = None

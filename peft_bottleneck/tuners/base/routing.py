@@ -127,7 +127,7 @@ class RoutingState:
     """The one mutable place a model's adapted layers read the current routing from (shared by all of them)."""
 
     routing: Optional[Routing] = None
-    pending_adapter_names: Optional[list] = None  # handed from PeftModel's forward hook to the tuner's forward
+    depth: int = 0  # nesting of routed calls in progress (PeftModel's hook around the tuner's forward)
 
 
 # -- gathering ------------------------------------------------------------------------------------------------------
