@@ -306,28 +306,28 @@ class AdapterTuner(BaseTuner):
             _check_batch(len(adapter_names), batch_size, "adapter_names")
         routed = [n for n in (adapters or self.active_adapters) if n in self.peft_config and
                   getattr(self.peft_config[n], "tasks", None)]
-        tasks, t_codes = self._task_routing(routed, task, batch_size)
+        tasks, t_codes, whole_batch = self._task_routing(routed, task, batch_size)
         if codes is None and t_codes is None:
             return None
-        return Routing(adapters, codes, tasks, t_codes)
+        return Routing(adapters, codes, tasks, t_codes, whole_batch=whole_batch)
 
     def _task_routing(self, routed: list[str], task, batch_size):
         if not routed:
             if task is not None:
                 raise ValueError(f"`task=` was given, but no active adapter routes by task (active: "
                                  f"{self.active_adapters}).")
-            return None, None
+            return None, None, False
         configs = [self.peft_config[n] for n in routed]
         tasks = tuple(configs[0].tasks)
         if any(tuple(c.tasks) != tasks for c in configs[1:]):
             raise ValueError(f"The task-routed adapters {routed} have different task lists; route one at a time.")
         if task is None and self._adapters_off():
-            return None, None
+            return None, None, False
         if task is None:
             default = configs[0].default_task
             if default is None:
                 if all(c.routed_task_count() == 1 for c in configs):
-                    return None, None
+                    return None, None, False
                 raise ValueError(
                     f"This adapter routes by task ({list(tasks)}): pass `task=` to forward/generate (a task name, a "
                     "list with one name per example, or a LongTensor of task indices), or set `default_task` in the "
@@ -338,14 +338,9 @@ class AdapterTuner(BaseTuner):
             isinstance(task, torch.Tensor) and task.dim() == 0)
         codes = task_codes([task] if whole_batch and not isinstance(task, torch.Tensor) else
                            (task.reshape(1) if whole_batch else task), tasks)
-        if whole_batch:
-            if batch_size is None:
-                raise ValueError("`task` names one task for the whole batch, but the batch size is unknown: pass "
-                                 "one task per example.")
-            codes = codes.expand(batch_size)
-        else:
+        if not whole_batch:
             _check_batch(codes.shape[0], batch_size, "task")
-        return tasks, codes
+        return tasks, codes, whole_batch
 
     def _adapters_off(self) -> bool:
         layers = list(self.tuner_layers())

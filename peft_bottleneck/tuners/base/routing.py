@@ -38,14 +38,16 @@ class Routing:
     tasks: Optional[tuple[str, ...]] = None
     task_codes: Optional[torch.Tensor] = None
     repeat: int = 1
+    whole_batch: bool = False  # one task for every row, whatever the batch size
 
     @property
     def batch_size(self) -> int:
         codes = self.adapter_codes if self.adapter_codes is not None else self.task_codes
-        return int(codes.shape[0])
+        return int(codes.shape[0])  # 1 for a whole-batch task
 
     def with_repeat(self, factor: int) -> Routing:
-        return Routing(self.adapters, self.adapter_codes, self.tasks, self.task_codes, self.repeat * factor)
+        return Routing(self.adapters, self.adapter_codes, self.tasks, self.task_codes, self.repeat * factor,
+                       self.whole_batch)
 
     def _rows(self, codes: torch.Tensor, rows: int, device) -> torch.Tensor:
         routed = codes.shape[0]
@@ -65,6 +67,8 @@ class Routing:
         return self._rows(self.adapter_codes, rows, device)
 
     def task_rows(self, rows: int, device) -> torch.Tensor:
+        if self.whole_batch:
+            return self.task_codes.to(device).expand(rows)
         return self._rows(self.task_codes, rows, device)
 
 

@@ -101,7 +101,7 @@ def test_adapter_names_in_training_mode_is_refused():
 
 def test_wrong_number_of_names_is_a_clear_error():
     model = two_adapter_model("bert")
-    with pytest.raises(ValueError, match="`adapter_names` has 2 entries but the batch has 3 examples"):
+    with pytest.raises(ValueError, match="one entry per example \\(2\\), but a layer received a batch of 3"):
         model(**tiny_inputs("bert", batch=3), adapter_names=["other", "default"])
 
 
