@@ -1,0 +1,362 @@
+"""AdapterHub (``adapters`` 1.x) bottleneck checkpoints to PEFT adapters of this package, computing the same outputs.
+
+An AdapterHub adapter folder holds ``adapter_config.json`` (its ``BnConfig`` fields, the model type and class) and
+``pytorch_adapter.bin`` or ``adapter.safetensors``; optionally a prediction head (``head_config.json`` and its
+weights), which is reported and left out unless ``include_head`` is given. Architecture knowledge is the table
+``LOCATIONS``: where AdapterHub keeps each adapter and which of our target modules that is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..activations import ALLOWED_NON_LINEARITIES
+from ..target_modules import ADAPTER_POSITIONS
+from ..tuners import BottleneckConfig, CompacterConfig, ParallelAdapterConfig
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHT_NAMES = ("adapter.safetensors", "pytorch_adapter.bin")
+HEAD_CONFIG_NAME = "head_config.json"
+HEAD_WEIGHT_NAMES = ("model_head.safetensors", "pytorch_model_head.bin")
+
+# model type -> {AdapterHub location: (our sequential target, our parallel target)}, relative to the layer
+_BERT_LIKE = {"attention.output": ("attention.output.dense", None), "output": ("output.dense", "output.dense")}
+LOCATIONS = {
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+    "distilbert": {"attention_adapters": ("attention.out_lin", None), "output_adapters": ("ffn.lin2", "ffn")},
+    "gpt2": {"attention_adapters": ("attn.c_proj", None), "output_adapters": ("mlp.c_proj", "mlp")},
+    "llama": {"attention_adapters": ("self_attn.o_proj", None), "output_adapters": ("mlp.down_proj", "mlp")},
+    "mistral": {"attention_adapters": ("self_attn.o_proj", None), "output_adapters": ("mlp.down_proj", "mlp")},
+}
+# AdapterHub tensor name (after "adapters.<name>.") -> ours; `{d}` is the down-projection's index in its Sequential
+_TENSORS = {
+    "adapter_down.{d}.weight": "down_weight", "adapter_down.{d}.bias": "down_bias",
+    "adapter_up.weight": "up_weight", "adapter_up.bias": "up_bias",
+    "adapter_down.{d}.W_left": "down_s", "adapter_down.{d}.W_right": "down_t", "adapter_down.{d}.W": "down_w",
+    "adapter_down.{d}.b": "down_bias", "adapter_up.W_left": "up_s", "adapter_up.W_right": "up_t",
+    "adapter_up.W": "up_w", "adapter_up.b": "up_bias",
+    "adapter_norm_before.weight": "ln_before_weight", "adapter_norm_before.bias": "ln_before_bias",
+    "adapter_norm_after.weight": "ln_after_weight", "adapter_norm_after.bias": "ln_after_bias",
+    "scaling": "scale", "gate.weight": "gate_weight", "gate.bias": "gate_bias",
+}
+# fields of BnConfig that change nothing once trained, or that we express through the keys
+_IGNORED = {"init_weights_seed", "stochastic_depth", "mh_adapter", "output_adapter", "leave_out", "reduction_factor",
+            "architecture", "phm_layer", "hypercomplex_nonlinearity", "init_weights", "cross_adapter"}
+
+
+class ConversionError(ValueError):
+    """An AdapterHub setting or file that cannot be reproduced here: refused by name, never approximated."""
+
+
+@dataclass
+class ConversionReport:
+    """What the conversion found and did."""
+
+    source: str
+    adapter_name: str
+    model_type: str
+    config: object = None
+    targets: list[str] = field(default_factory=list)
+    head: Optional[dict] = None  # AdapterHub's head config, when the folder has one
+    head_included: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"{self.source}: AdapterHub adapter {self.adapter_name!r} ({self.model_type}) -> "
+                 f"{type(self.config).__name__}, {len(self.targets)} adapted modules"]
+        if self.head is not None:
+            state = "included" if self.head_included else "left out (pass include_head / --include-head)"
+            lines.append(f"prediction head {self.head.get('name')!r} ({self.head.get('model_class')}): {state}")
+        lines += self.notes
+        return "\n".join(lines)
+
+
+def resolve(source: str, revision: Optional[str] = None) -> Path:
+    """A local folder, or the files of a Hub repository (downloaded with ``huggingface_hub``)."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ConversionError(f"{source} is a file; pass the folder that holds {CONFIG_NAME}.")
+    text = str(source)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text and os.sep != "/":
+        raise ConversionError(f"{source}: no such folder (and not a Hub repo id).")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    patterns = [CONFIG_NAME, HEAD_CONFIG_NAME, *WEIGHT_NAMES, *HEAD_WEIGHT_NAMES]
+    try:
+        return Path(snapshot_download(text, revision=revision, allow_patterns=patterns))
+    except (HFValidationError, HfHubHTTPError, OSError, ValueError) as error:
+        raise ConversionError(f"{source}: not a local folder, and the Hub could not provide it "
+                              f"({type(error).__name__}: {error}).") from None
+
+
+def read_weights(folder: Path, names=WEIGHT_NAMES) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of the first weight file present: safetensors, or a torch file read with weights_only=True."""
+    for name in names:
+        file = folder / name
+        if file.exists():
+            try:
+                if name.endswith(".safetensors"):
+                    return load_file(file), name
+                return torch.load(file, map_location="cpu", weights_only=True), name
+            except Exception as error:
+                raise ConversionError(f"{file} could not be read as a weights file ({type(error).__name__}: "
+                                      f"{error}).") from None
+    raise ConversionError(f"{folder} holds none of {list(names)}.")
+
+
+def read_config(folder: Path) -> dict:
+    file = folder / CONFIG_NAME
+    if not file.exists():
+        raise ConversionError(f"{folder} has no {CONFIG_NAME}: not an AdapterHub adapter folder.")
+    try:
+        saved = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise ConversionError(f"{file} is not valid JSON: {error}.") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise ConversionError(f"{file} has no AdapterHub `config` object (is it a PEFT adapter_config.json?).")
+    return saved
+
+
+def convert_config(saved: dict, targets: list[str]):
+    """Our config for an AdapterHub ``BnConfig`` (every field that changes the forward, or a ConversionError)."""
+    ah = dict(saved["config"])
+    architecture = ah.get("architecture")
+    if architecture not in (None, "bottleneck"):
+        raise ConversionError(f"AdapterHub architecture {architecture!r} is not a bottleneck adapter; only "
+                              "bottleneck adapters (seq_bn, double_seq_bn, par_bn, compacter, ...) convert.")
+    for name, allowed in (("inv_adapter", None), ("shared_W_phm", False), ("cross_adapter", False)):
+        if ah.get(name, allowed) not in (allowed,):
+            reason = {"inv_adapter": "invertible adapters on the embeddings have no counterpart here",
+                      "shared_W_phm": "sharing the PHM weights across layers is not supported",
+                      "cross_adapter": "cross-attention adapters are not in the architecture table"}[name]
+            raise ConversionError(f"`{name}={ah[name]!r}` cannot be reproduced: {reason}.")
+    if isinstance(ah.get("reduction_factor"), dict):
+        raise ConversionError("`reduction_factor` per layer (a mapping) cannot be reproduced: one bottleneck width "
+                              "per adapter.")
+    activation = str(ah.get("non_linearity", "relu")).lower()
+    if activation not in ALLOWED_NON_LINEARITIES:
+        raise ConversionError(f"`non_linearity={activation!r}` is not one of ours {list(ALLOWED_NON_LINEARITIES)}.")
+    common = dict(
+        target_modules=targets, non_linearity=activation, adapter_dropout=float(ah.get("dropout", 0.0)),
+        scaling=ah.get("scaling", 1.0), use_gating=bool(ah.get("use_gating", False)),
+        original_ln_before=bool(ah.get("original_ln_before", False)),
+        original_ln_after=bool(ah.get("original_ln_after", True)),
+        residual_before_ln=ah.get("residual_before_ln", True), ln_before=bool(ah.get("ln_before", False)),
+        ln_after=bool(ah.get("ln_after", False)),
+        adapter_residual_before_ln=bool(ah.get("adapter_residual_before_ln", False)),
+    )
+    placement = "houlsby" if ah.get("mh_adapter") else "pfeiffer"
+    if ah.get("phm_layer"):
+        if ah.get("is_parallel"):
+            raise ConversionError("`phm_layer=True` with `is_parallel=True` (a parallel Compacter) is not supported.")
+        phm = {k: ah[k] for k in ("phm_dim", "shared_phm_rule", "factorized_phm_rule", "factorized_phm_W",
+                                  "phm_c_init", "phm_init_range", "learn_phm", "phm_bias", "phm_rank") if k in ah}
+        return CompacterConfig(placement=placement, init_weights="adapterhub", **phm, **common)
+    init = {"bert": "bert", "houlsby": "houlsby", "mam_adapter": "mam_adapter"}.get(ah.get("init_weights"), "bert")
+    if ah.get("is_parallel"):
+        return ParallelAdapterConfig(init_weights=init, **common)
+    return BottleneckConfig(placement=placement, init_weights=init, **common)
+
+
+def convert_state_dict(weights: dict, saved: dict, config) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Our checkpoint tensors and the modules they adapt, from AdapterHub's keys."""
+    model_type = saved.get("model_type")
+    locations = LOCATIONS.get(model_type)
+    if locations is None:
+        raise ConversionError(f"AdapterHub model_type={model_type!r} is not in the conversion table; supported: "
+                              f"{sorted(LOCATIONS)}.")
+    name = saved.get("name")
+    down_index = 1 if config.ln_before else 0
+    names = {ah.format(d=down_index): ours for ah, ours in _TENSORS.items()}
+    location_pattern = "|".join(re.escape(loc) for loc in sorted(locations, key=len, reverse=True))
+    key_pattern = re.compile(rf"^(.*?)\.?({location_pattern})\.adapters\.{re.escape(str(name))}\.(.+)$")
+    prefix = prefix_of(config)
+    converted, modules, shared = {}, {}, {}
+    for key, value in weights.items():
+        if ".shared_parameters." in key:
+            shared[key.rsplit(".", 1)[1]] = value
+            continue
+        match = key_pattern.match(key)
+        if match is None:
+            raise ConversionError(f"Unexpected tensor {key!r}: not an adapter {name!r} at a location of "
+                                  f"{model_type} ({sorted(locations)}).")
+        layer, location, tensor = match.groups()
+        sequential, parallel = locations[location]
+        target = parallel if config.is_parallel else sequential
+        if target is None:
+            raise ConversionError(f"A parallel adapter at {location!r} has no counterpart here.")
+        module = f"{layer}.{target}" if layer else target
+        modules.setdefault(module, {})
+        rule = re.match(r"^adapter_(down|up)(?:\.\d+)?\.(phm_rule(?:_left|_right)?)$", tensor)
+        if rule:  # a layer's own rules, one per projection: stacked (down, up)
+            modules[module].setdefault(rule.group(2), {})[rule.group(1)] = value
+            continue
+        if config.ln_before and tensor.startswith("adapter_down.0."):
+            continue  # the same LayerNorm as adapter_norm_before, registered twice by AdapterHub
+        if tensor not in names:
+            raise ConversionError(f"Unexpected adapter tensor {tensor!r} in {key!r}.")
+        modules[module][names[tensor]] = value
+    if not modules:
+        raise ConversionError(f"No tensors of adapter {name!r} were found.")
+    ordered = sorted(modules, key=_module_order)
+    for module in ordered:
+        for tensor, value in modules[module].items():
+            if isinstance(value, dict):
+                value = torch.stack([value["down"], value["up"]])
+                converted[f"base_model.model.{module}.{prefix}{tensor}"] = value
+                continue
+            converted[f"base_model.model.{module}.{prefix}{tensor}"] = _with_route_dim(tensor, value)
+    for tensor, value in shared.items():  # one rule for the model: registered with the first adapted module
+        converted[f"base_model.model.{ordered[0]}.{prefix}{tensor}"] = value
+    return converted, ordered
+
+
+def _width(state: dict) -> int:
+    """The bottleneck width, the same in every adapted module (else a ConversionError)."""
+    widths = set()
+    for key, value in state.items():
+        if key.endswith("down_weight"):
+            widths.add(value.shape[1])
+        elif key.endswith("down_t") or key.endswith("down_w"):
+            widths.add(value.shape[1] * value.shape[-1])
+    if len(widths) != 1:
+        raise ConversionError(f"The adapter's bottleneck width differs between layers ({sorted(widths)}): one width "
+                              "per adapter here.")
+    return widths.pop()
+
+
+def _with_route_dim(tensor: str, value: torch.Tensor) -> torch.Tensor:
+    if tensor == "gate_weight":
+        return value.unsqueeze(0)  # (1, in) -> (1, 1, in)
+    if tensor == "gate_bias":
+        return value.reshape(1, 1)
+    if tensor == "scale" and value.numel() == 1:
+        return value.reshape(1)
+    return value.unsqueeze(0)
+
+
+def _module_order(module: str) -> tuple:
+    """Module-tree order: by layer index, the attention position before the feed-forward one."""
+    numbers = tuple(int(n) for n in re.findall(r"\.(\d+)\.", f".{module}."))
+    return numbers, 0 if "att" in module else 1, module
+
+
+def prefix_of(config) -> str:
+    return {"BOTTLENECK": "bottleneck_", "PARALLEL_ADAPTER": "parallel_adapter_",
+            "COMPACTER": "compacter_"}[config.peft_type.value]
+
+
+def convert(source: str, destination: str, *, revision: Optional[str] = None, include_head: bool = False,
+            base_model_prefix_map: Optional[dict] = None) -> ConversionReport:
+    """Convert an AdapterHub adapter (folder or Hub repo) into a PEFT adapter folder at ``destination``."""
+    folder = resolve(source, revision)
+    saved = read_config(folder)
+    weights, weight_file = read_weights(folder)
+    model_type = saved.get("model_type")
+    config = convert_config(saved, None)
+    state, modules = convert_state_dict(weights, saved, config)
+    if base_model_prefix_map:
+        state = {_reprefix_key(k, base_model_prefix_map): v for k, v in state.items()}
+        modules = [_reprefix(m, base_model_prefix_map) for m in modules]
+    config.target_modules = set(modules)
+    config.bottleneck_size = _width(state)
+    if config.is_parallel:
+        config.input_from = dict(getattr(ADAPTER_POSITIONS.get(model_type), "ffn_input_from", {}) or {})
+    if saved["config"].get("leave_out"):
+        config.leave_out = list(saved["config"]["leave_out"])
+    report = ConversionReport(str(source), str(saved.get("name")), str(model_type), config, modules)
+    if saved["config"].get("stochastic_depth"):
+        report.notes.append("stochastic_depth (DropPath, training only) is not applied when training here; the "
+                            "converted adapter's outputs are exact.")
+    head_file = folder / HEAD_CONFIG_NAME
+    if head_file.exists():
+        report.head = json.loads(head_file.read_text())
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(destination)
+    _write_atomically(destination / "adapter_model.safetensors", state)
+    if include_head and report.head is not None:
+        head, _ = read_weights(folder, HEAD_WEIGHT_NAMES)
+        _write_atomically(destination / "adapterhub_head.safetensors", {k: v.contiguous() for k, v in head.items()})
+        (destination / HEAD_CONFIG_NAME).write_text(json.dumps(report.head, indent=2))
+        report.head_included = True
+    report.notes.append(f"read {weight_file}; wrote {destination}")
+    return report
+
+
+def _reprefix(module: str, mapping: dict) -> str:
+    """``module`` with its leading path replaced: {"": "bert"} prepends, {"bert": ""} strips."""
+    for old, new in mapping.items():
+        if old == "":
+            return f"{new}.{module}" if new else module
+        if module == old or module.startswith(old + "."):
+            rest = module[len(old):].lstrip(".")
+            return f"{new}.{rest}" if new else rest
+    return module
+
+
+def _reprefix_key(key: str, mapping: dict) -> str:
+    body = key.removeprefix("base_model.model.")
+    return "base_model.model." + _reprefix(body, mapping)
+
+
+def _write_atomically(path: Path, tensors: dict) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def from_adapterhub(source: str, base_model, *, adapter_name: str = "default", revision: Optional[str] = None,
+                    is_trainable: bool = False):
+    """Load an AdapterHub adapter (folder or Hub repo) onto ``base_model`` (a transformers model) as a PeftModel.
+
+    AdapterHub's module paths are matched to ``base_model``'s (an adapter trained on ``BertModel`` loads onto
+    ``BertForSequenceClassification`` and the reverse). The conversion report is in ``model.conversion_report``.
+    """
+    from peft import PeftModel
+
+    with tempfile.TemporaryDirectory() as scratch:
+        report = convert(source, scratch, revision=revision)
+        mapping = _prefix_map(report.targets, base_model)
+        if mapping:
+            report = convert(source, scratch, revision=revision, base_model_prefix_map=mapping)
+        model = PeftModel.from_pretrained(base_model, scratch, adapter_name=adapter_name, is_trainable=is_trainable)
+    model.conversion_report = report
+    return model
+
+
+def _prefix_map(targets: list[str], base_model) -> dict:
+    """{AdapterHub's leading path: base_model's} when the two models name the encoder differently."""
+    names = {name for name, _ in base_model.named_modules()}
+    if all(t in names for t in targets):
+        return {}
+    first = targets[0]
+    candidates = [n for n in names if n.endswith("." + first) or n == first]
+    if candidates:  # the base has an extra leading path (e.g. AdapterHub's BertModel onto BertFor...)
+        extra = min(candidates, key=len)[: -len(first)].rstrip(".")
+        return {"": extra} if extra else {}
+    head, _, rest = first.partition(".")
+    if rest in names:  # AdapterHub's path has a leading part the base lacks
+        return {head: ""}
+    raise ConversionError(f"The base model has no module {first!r} (nor one ending in it): is it the architecture "
+                          "the adapter was trained for?")
