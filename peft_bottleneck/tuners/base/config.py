@@ -257,6 +257,18 @@ class AdapterConfigBase(TargetingConfig):
         default=False,
         metadata={"help": "Parallel adapter: read the block's input and add to the module's output."},
     )
+    adapter_biases: bool = field(
+        default=True,
+        metadata={"help": "Give the down- and up-projection a bias (LLM-Adapters' adapters have none)."},
+    )
+    input_modules: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Targets (names or suffixes) whose adapter transforms the module's input instead of its output: "
+            "module(x + s * A(x)), as LLM-Adapters does on gate_proj / up_proj. Sequential adapters with the "
+            "default wiring only."
+        },
+    )
     input_from: Optional[dict[str, str]] = field(
         default=None,
         metadata={
@@ -280,7 +292,7 @@ class AdapterConfigBase(TargetingConfig):
         check_choice(self, "init_weights", self.init_weights_choices)
         check_choice(self, "bias", BIAS_CHOICES)
         for name in ("use_gating", "original_ln_after", "ln_before", "ln_after", "adapter_residual_before_ln",
-                     "is_parallel"):
+                     "is_parallel", "adapter_biases"):
             check_bool(self, name)
         if self.original_ln_before is None and self.format_version == 1:
             self.original_ln_before = False  # 0.1.0 computed every placement without it
@@ -292,6 +304,11 @@ class AdapterConfigBase(TargetingConfig):
                              "taken after the block's residual add).")
         if self.is_parallel and self.original_ln_before:
             raise ValueError("`original_ln_before=True` applies to sequential adapters only (is_parallel=False).")
+        check_name_list(self, "input_modules", allow_regex=False)
+        if self.input_modules and (self.is_parallel or self.needs_block_context or self.ln_before or self.ln_after
+                                   or self.use_gating or self.residual_before_ln is not True):
+            raise ValueError("`input_modules` takes sequential adapters with the default wiring only (no "
+                             "is_parallel, original_ln_*, ln_before/after, use_gating or residual_before_ln changes).")
         if self.input_from is not None and not (
             isinstance(self.input_from, dict)
             and all(isinstance(k, str) and isinstance(v, str) for k, v in self.input_from.items())

@@ -26,7 +26,7 @@ from transformers.pytorch_utils import Conv1D
 from ...activations import get_activation
 from .config import AdapterConfigBase
 from .kinds import AdapterKind, Projections, Sizes, kaiming_down_zero_up, kind_of
-from .routing import LiveRows, RouteTable, Routing, RoutingState, stamp
+from .routing import BASE_ROUTE, LiveRows, RouteTable, Routing, RoutingState, stamp
 
 MERGE_ERROR = (
     "{kind} adapters cannot be merged into the base weights: the adapter computes W_up f(W_down h) with a "
@@ -69,6 +69,7 @@ class AdapterSettings:
     routes: int
     tasks: Optional[tuple[str, ...]]  # the task of each route, for task-routed adapters
     post_ln: bool  # the model applies a LayerNorm after this module's block (post-LN), else only the residual add
+    on_input: bool = False  # transforms the module's input (module(x + s * A(x))) instead of its output
 
     @property
     def non_linearity(self) -> str:
@@ -214,13 +215,17 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         return config
 
     def update_layer(self, adapter_name: str, config, *, shared: Optional[dict] = None,
-                     shared_owner: Optional[nn.Module] = None, **kwargs) -> None:
+                     shared_owner: Optional[nn.Module] = None, on_input: bool = False, **kwargs) -> None:
         """Add an adapter. ``shared``: model-wide tensors of its kind to register here; ``shared_owner``: the layer
-        that registered them (they are referenced, not registered again)."""
+        that registered them (they are referenced, not registered again); ``on_input``: the adapter transforms the
+        module's input."""
         adapter_config = self.kind_config(config)
         kind = kind_of(adapter_config)
         routes, tasks = self.routes_for(config, adapter_name)
         sizes = self.adapter_sizes(adapter_config, routes)
+        if on_input:
+            sizes = Sizes(routes, self.in_features, adapter_config.bottleneck_width(self.in_features),
+                          self.in_features)
         tensors = {**kind.create(adapter_config, sizes), **self._extra_tensors(adapter_config, sizes)}
         kind.reset(tensors, adapter_config, adapter_config.init_weights)
         for tensor, value in tensors.items():
@@ -234,7 +239,8 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             # per-instance copy: the class attribute is a shared default
             self.frozen_peft_weight_names = {**self.frozen_peft_weight_names,
                                              adapter_name: (self.prefix + "phm_rule",)}
-        self.settings[adapter_name] = AdapterSettings(adapter_config, kind, routes, tasks, self.post_ln_block)
+        self.settings[adapter_name] = AdapterSettings(adapter_config, kind, routes, tasks, self.post_ln_block,
+                                                      on_input)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         # only the new adapter's trainability is set here: touching every adapter would make adding the n-th one
         # cost n
@@ -367,21 +373,27 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         tapped, residual = self.context.take()
-        result = self.base_layer(x, *args, **kwargs)
         if self.disable_adapters:
-            return result
-        parallel_input = x if tapped is None else tapped
+            return self.base_layer(x, *args, **kwargs)
         routing = self.routing_state.routing
+        if any(s.on_input for s in self.settings.values()):
+            x = self._adapt(x, x, None, routing, on_input=True)
+        result = self.base_layer(x, *args, **kwargs)
+        return self._adapt(result, x if tapped is None else tapped, residual, routing, on_input=False)
+
+    def _adapt(self, h, parallel_input, residual, routing: Optional[Routing], on_input: bool) -> torch.Tensor:
+        """``h`` through the adapters on this side of the module (its input or its output)."""
         if routing is not None and routing.adapters is not None:
-            return self._mixed_forward(result, parallel_input, residual, routing)
+            return self._mixed_forward(h, parallel_input, residual, routing, on_input)
         last = None
         for adapter_name in self.active_adapters:  # several active adapters apply in turn (a Stack)
-            if adapter_name in self.settings:
-                result = self._apply_adapter(adapter_name, result, parallel_input, residual, routing)
-                last = self.settings[adapter_name]
+            settings = self.settings.get(adapter_name)
+            if settings is not None and settings.on_input == on_input:
+                h = self._apply_adapter(adapter_name, h, parallel_input, residual, routing)
+                last = settings
         if last is not None and not last.config.original_ln_after:
-            result = self._skip_block_residual(result, residual, last, keep_own=None)
-        return result
+            h = self._skip_block_residual(h, residual, last, keep_own=None)
+        return h
 
     def _apply_adapter(self, adapter_name: str, h, parallel_input, residual, routing: Optional[Routing]) -> torch.Tensor:
         settings = self.settings[adapter_name]
@@ -412,9 +424,9 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         delta = F.dropout(delta, settings.config.adapter_dropout, self.training)
         return torch.add(h, delta, alpha=float(settings.config.scaling))
 
-    def _mixed_forward(self, result, parallel_input, residual, routing: Routing) -> torch.Tensor:
+    def _mixed_forward(self, result, parallel_input, residual, routing: Routing, on_input: bool) -> torch.Tensor:
         """Every example through its own adapter (``adapter_names``), in one batched computation."""
-        present = [n for n in routing.adapters if n in self.settings]
+        present = [n for n in routing.adapters if n in self.settings and self.settings[n].on_input == on_input]
         if not present:
             return result
         settings = self.settings[present[0]]
@@ -428,7 +440,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         columns, activation = self._per_example_columns(routing, examples, present)
         source = parallel_input if settings.config.is_parallel else result
         out = self._adapter(result, source, residual, settings, columns, activation, per_example=True, dropout=0.0)
-        missing = torch.tensor([n not in self.settings for n in routing.adapters], device=examples.device)
+        missing = torch.tensor([n not in present for n in routing.adapters], device=examples.device)
         base_rows = missing[examples].view(-1, *([1] * (out.dim() - 1)))
         if not settings.config.original_ln_after:
             return self._skip_block_residual(out, residual, settings, keep_own=base_rows)
@@ -440,7 +452,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         with_grad = torch.is_grad_enabled() and any(
             p.requires_grad for n in present for p in self.tensors_of(n).values())
         table = LiveRows(self, present) if with_grad else self.route_table
-        starts = table.rows(self, routing.adapters)
+        starts = table.rows(self, [n if n in present else BASE_ROUTE for n in routing.adapters])
         routes = torch.tensor([self.settings[n].routes if n in self.settings else 1 for n in routing.adapters])
         rows = starts[examples.cpu()]
         if bool((routes > 1).any()):

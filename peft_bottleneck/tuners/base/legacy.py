@@ -16,6 +16,26 @@ import torch
 _LEAVES = {"weight": "weight", "bias": "bias", "phm_s": "s", "phm_t": "t", "phm_W": "w"}
 
 
+_LLM_ADAPTERS = re.compile(r"^(.*\.)adapter_(down|up)\.weight$|^(.*\.)adapter_scaling$")
+
+
+def convert_llm_adapters(state_dict: dict, prefix: str) -> dict:
+    """LLM-Adapters' tensors (``<target>.adapter_down.weight``, ``adapter_up.weight``, ``adapter_scaling``) under our
+    names, with the route dimension; other state dicts are returned unchanged."""
+    if prefix != "bottleneck_" or not any(_LLM_ADAPTERS.match(k) for k in state_dict):
+        return state_dict
+    converted = {}
+    for key, value in state_dict.items():
+        match = _LLM_ADAPTERS.match(key)
+        if match is None:
+            converted[key] = value
+        elif match.group(1) is not None:
+            converted[f"{match.group(1)}{prefix}{match.group(2)}_weight"] = value.unsqueeze(0)
+        else:
+            converted[f"{match.group(3)}{prefix}scale"] = value.reshape(1)
+    return converted
+
+
 def convert_state_dict(state_dict: dict, prefix: str, config) -> dict:
     """Today's keys and shapes for a format-1 state dict; any other state dict is returned unchanged."""
     pattern = re.compile(rf"^(.*\.){re.escape(prefix)}(down|up)\.(?:(\d+)\.)?(weight|bias|phm_s|phm_t|phm_W)$")

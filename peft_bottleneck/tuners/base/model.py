@@ -112,17 +112,19 @@ class AdapterTuner(BaseTuner):
         return self.tuner_layer_cls
 
     def layer_kwargs(self, peft_config, adapter_name: str, current_key: str) -> dict:
-        """The model-wide tensors of the adapter's kind for the first layer that gets the adapter (it registers
-        them), the layer that holds them for every other."""
-        kind = kind_of(self.adapter_config(peft_config))
+        """Whether the adapter at ``current_key`` transforms the module's input; the model-wide tensors of its kind
+        for the first layer that gets the adapter (it registers them), the layer that holds them for every other."""
+        config = self.adapter_config(peft_config)
+        kwargs = {"on_input": _matches(current_key, config.input_modules)}
+        kind = kind_of(config)
         if not kind.shared:
-            return {}
+            return kwargs
         owner = self._shared.get(adapter_name)
         if owner is not None:
-            return {"shared_owner": owner}
+            return {**kwargs, "shared_owner": owner}
         device = next(self.model.parameters()).device
-        tensors = kind.create_shared(self.adapter_config(peft_config), device)
-        return {"shared": {k: torch.nn.Parameter(v) for k, v in tensors.items()}}
+        tensors = kind.create_shared(config, device)
+        return {**kwargs, "shared": {k: torch.nn.Parameter(v) for k, v in tensors.items()}}
 
     def _attach_context(self, context: BlockContext, peft_config, current_key: str) -> None:
         config = self.adapter_config(peft_config)
@@ -251,7 +253,7 @@ class AdapterTuner(BaseTuner):
 
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
-        state_dict = legacy.convert_state_dict(state_dict, cls.prefix, config)
+        state_dict = legacy.convert_llm_adapters(legacy.convert_state_dict(state_dict, cls.prefix, config), cls.prefix)
         return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
 
     # -- routing ------------------------------------------------------------------------------------------------
@@ -345,6 +347,10 @@ class AdapterTuner(BaseTuner):
     def _adapters_off(self) -> bool:
         layers = list(self.tuner_layers())
         return bool(layers) and all(layer.disable_adapters for layer in layers)
+
+
+def _matches(key: str, names) -> bool:
+    return bool(names) and any(key == n or key.endswith("." + n) for n in names)
 
 
 def _is_excluded(found) -> bool:

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 from ...registration import peft_type
 from ...target_modules import colliding_names
 from ..base.config import AdapterConfigBase, check_choice
 
 PLACEMENTS = ("houlsby", "pfeiffer")
+# LLM-Adapters' module types by name: an "mh_adapter" transforms the module's input, an "output_adapter" its output
+LLM_ADAPTERS_INPUT_SIDE = ("gate_proj", "up_proj", "fc1", "c_fc", "fc_in", "dense_h_to_4h")
 DEFAULT_NON_LINEARITY = {"houlsby": "swish", "pfeiffer": "relu"}
 
 
@@ -34,14 +36,38 @@ class BottleneckConfig(AdapterConfigBase):
         },
     )
 
+    use_parallel_adapter: Optional[bool] = field(
+        default=None,
+        metadata={"help": "LLM-Adapters' field (set in their adapter_config.json): parallel adapters. When it or "
+                  "use_adapterp is given, the config follows LLM-Adapters: no projection biases, and adapters on "
+                  "input-side modules (gate_proj, up_proj, fc1, ...) transform the module's input."},
+    )
+    use_adapterp: Optional[bool] = field(
+        default=None, metadata={"help": "LLM-Adapters' field: AdapterP (their output-side placement); see above."}
+    )
+
     def __post_init__(self):
         self.peft_type = self.own_peft_type()
+        if self.use_parallel_adapter is not None or self.use_adapterp is not None:
+            self._follow_llm_adapters()
         check_choice(self, "placement", PLACEMENTS)
         if self.non_linearity is None:
             self.non_linearity = DEFAULT_NON_LINEARITY[self.placement]
         super().__post_init__()
-        if self.is_parallel and type(self) is BottleneckConfig:
-            raise ValueError("`is_parallel=True`: use ParallelAdapterConfig for parallel bottleneck adapters.")
+
+    def _follow_llm_adapters(self) -> None:
+        """LLM-Adapters' semantics, from their config fields (their ``target_modules`` may map names to types)."""
+        targets = self.target_modules
+        if isinstance(targets, dict):
+            self.input_modules = sorted(n for n, kind in targets.items() if kind == "mh_adapter")
+            self.target_modules = sorted(targets)
+        elif targets is not None and not isinstance(targets, str):
+            self.input_modules = sorted(n for n in targets if n.split(".")[-1] in LLM_ADAPTERS_INPUT_SIDE)
+        self.is_parallel = bool(self.use_parallel_adapter)
+        if self.is_parallel:
+            self.input_modules = None
+        self.adapter_biases = False
+        self.original_ln_before = False
 
     def preset_original_ln_before(self) -> bool:
         return self.placement == "pfeiffer"  # AdapterHub's seq_bn / compacter++

@@ -16,12 +16,11 @@ class LinearKind(AdapterKind):
     @classmethod
     def create(cls, config, sizes: Sizes) -> dict[str, torch.Tensor]:
         routes, in_features, width, out_features = sizes
-        return {
-            "down_weight": torch.empty(routes, width, in_features),
-            "down_bias": torch.zeros(routes, width),
-            "up_weight": torch.empty(routes, out_features, width),
-            "up_bias": torch.zeros(routes, out_features),
-        }
+        tensors = {"down_weight": torch.empty(routes, width, in_features),
+                   "up_weight": torch.empty(routes, out_features, width)}
+        if config.adapter_biases:
+            tensors["down_bias"], tensors["up_bias"] = torch.zeros(routes, width), torch.zeros(routes, out_features)
+        return tensors
 
     @classmethod
     def reset(cls, tensors, config, init_weights) -> None:
@@ -38,15 +37,14 @@ class LinearKind(AdapterKind):
             else:  # False: random and clearly non-identity, for tests
                 nn.init.normal_(down, std=1.0 / down.shape[-1] ** 0.5)
                 nn.init.normal_(up, std=1.0 / up.shape[-1] ** 0.5)
-                nn.init.normal_(tensors["down_bias"], std=0.1)
-                nn.init.normal_(tensors["up_bias"], std=0.1)
-                return
-            nn.init.zeros_(tensors["down_bias"])
-            nn.init.zeros_(tensors["up_bias"])
+            for bias in (tensors.get("down_bias"), tensors.get("up_bias")):
+                if bias is not None:
+                    nn.init.normal_(bias, std=0.1) if init_weights is False else nn.init.zeros_(bias)
 
     @classmethod
     def projections(cls, tensors) -> Projections:
-        return Projections(tensors["down_weight"], tensors["down_bias"], tensors["up_weight"], tensors["up_bias"])
+        return Projections(tensors["down_weight"], tensors.get("down_bias"), tensors["up_weight"],
+                           tensors.get("up_bias"))
 
 
 class BottleneckLayer(AdapterLayer):
