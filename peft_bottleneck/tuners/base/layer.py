@@ -425,26 +425,37 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         return torch.add(h, delta, alpha=float(settings.config.scaling))
 
     def _mixed_forward(self, result, parallel_input, residual, routing: Routing, on_input: bool) -> torch.Tensor:
-        """Every example through its own adapter (``adapter_names``), in one batched computation."""
+        """Every example through its own adapter (``adapter_names``), in one batched computation per wiring.
+
+        Adapters wired differently (e.g. Houlsby and Pfeiffer, sequential and parallel) share a batch: each of the
+        few distinct wirings is computed for the whole batch and kept for its own examples."""
         present = [n for n in routing.adapters if n in self.settings and self.settings[n].on_input == on_input]
         if not present:
             return result
-        settings = self.settings[present[0]]
-        if len({self.settings[n].config.structure() for n in present}) > 1:
-            raise ValueError(
-                f"`adapter_names` mixes adapters {present} whose settings differ in how the adapter is wired "
-                "(original_ln_before / original_ln_after / residual_before_ln / ln_before / ln_after / "
-                "adapter_residual_before_ln / is_parallel / use_gating); such adapters cannot share one batch."
-            )
         examples = routing.adapter_rows(result.shape[0], result.device)
-        columns, activation = self._per_example_columns(routing, examples, present)
-        source = parallel_input if settings.config.is_parallel else result
-        out = self._adapter(result, source, residual, settings, columns, activation, per_example=True, dropout=0.0)
-        missing = torch.tensor([n not in present for n in routing.adapters], device=examples.device)
-        base_rows = missing[examples].view(-1, *([1] * (out.dim() - 1)))
-        if not settings.config.original_ln_after:
-            return self._skip_block_residual(out, residual, settings, keep_own=base_rows)
-        return torch.where(base_rows, result, out)
+        wirings: dict[tuple, list[str]] = {}
+        for name in present:  # the distinct adapters of the batch
+            wirings.setdefault(self.settings[name].config.structure(), []).append(name)
+        out, skipped = result, []
+        for names in wirings.values():  # the few distinct wirings, never the adapters or examples
+            settings = self.settings[names[0]]
+            columns, activation = self._per_example_columns(routing, examples, names)
+            source = parallel_input if settings.config.is_parallel else result
+            wired = self._adapter(result, source, residual, settings, columns, activation, per_example=True,
+                                  dropout=0.0)
+            rows = self._example_mask(routing, examples, names, out.dim())
+            out = torch.where(rows, wired, out)
+            if not settings.config.original_ln_after:
+                skipped += names
+        if skipped:
+            keep_own = ~self._example_mask(routing, examples, skipped, out.dim())
+            return self._skip_block_residual(out, residual, self.settings[skipped[0]], keep_own=keep_own)
+        return out
+
+    @staticmethod
+    def _example_mask(routing: Routing, examples: torch.Tensor, names, dims: int) -> torch.Tensor:
+        chosen = torch.tensor([n in names for n in routing.adapters], device=examples.device)
+        return chosen[examples].view(-1, *([1] * (dims - 1)))
 
     def _per_example_columns(self, routing: Routing, examples: torch.Tensor, present):
         """Each example's weights, gathered from the route table (or, when gradients are needed, from the routed
@@ -483,7 +494,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             adapter_input = h
         if config.residual_before_ln is False:
             residual_after = adapter_input
-        delta = self._bottleneck(adapter_input, columns, activation, per_example, dropout).to(h.dtype)
+        delta = self._bottleneck(adapter_input, columns, activation, per_example, dropout, config).to(h.dtype)
         if config.is_parallel:
             return h + (self._norm(delta, columns, "ln_after", per_example) if config.ln_after else delta)
         if config.ln_after and config.adapter_residual_before_ln:
@@ -492,17 +503,18 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             return self._norm(delta, columns, "ln_after", per_example) + residual_after
         return delta + residual_after
 
-    def _bottleneck(self, x, columns: dict, activation, per_example: bool, dropout: float) -> torch.Tensor:
-        """``gate * dropout(s * up(f(down(LN_before(x)))))`` for every example."""
+    def _bottleneck(self, x, columns: dict, activation, per_example: bool, dropout: float, config) -> torch.Tensor:
+        """``gate * dropout(s * up(f(down(LN_before(x)))))`` for every example (the columns may hold more than the
+        config uses: a route table has the union of its adapters' tensors)."""
         dtype = columns["down_weight"].dtype
         x = self._cast_input_dtype(x, dtype)
-        z = self._norm(x, columns, "ln_before", per_example) if "ln_before_weight" in columns else x
+        z = self._norm(x, columns, "ln_before", per_example) if config.ln_before else x
         z = _linear(z, columns["down_weight"], columns["down_bias"], per_example)
         z = _activate(z, activation)
         z = _linear(z, columns["up_weight"], columns["up_bias"], per_example)
         z = z * _broadcast(columns["scale"], z, per_example)
         z = F.dropout(z, dropout, self.training)
-        if "gate_weight" in columns:
+        if config.use_gating:
             gate = torch.sigmoid(_linear(x, columns["gate_weight"], columns["gate_bias"], per_example))
             reduce = tuple(range(1, gate.dim() - 1))
             z = z * (gate.mean(dim=reduce, keepdim=True) if reduce else gate)
@@ -514,17 +526,17 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         return normed * _broadcast(weight, normed, per_example) + _broadcast(bias, normed, per_example)
 
     def _skip_block_residual(self, out, residual, settings: AdapterSettings, keep_own) -> torch.Tensor:
-        """``original_ln_after=False``: the block must return ``out`` itself, without its residual / LayerNorm."""
+        """``original_ln_after=False``: the block must return ``out`` itself, without its residual / LayerNorm
+        (``keep_own``: rows that keep the block's own computation)."""
         if settings.post_ln:
-            self.context.replace_layer_norm_output(out, None if keep_own is None else keep_own.view(
-                -1, *([1] * (out.dim() - 1))))
+            self.context.replace_layer_norm_output(out, keep_own)
             return out
         if residual is None:
             raise RuntimeError("`original_ln_after=False` needs the block's residual input, which was not captured.")
         skipped = out - residual
         if keep_own is None:
             return skipped
-        return torch.where(keep_own.view(-1, *([1] * (out.dim() - 1))), out, skipped)
+        return torch.where(keep_own, out, skipped)
 
     def __repr__(self) -> str:
         return f"{self.adapter_kind.lower()}." + super().__repr__()

@@ -120,3 +120,26 @@ def test_routing_codes_and_beam_expansion():
         adapter_codes("a", available={"a"})
     with pytest.raises(ValueError, match="empty"):
         adapter_codes([], available={"a"})
+
+
+@pytest.mark.parametrize("model_type", ["bert", "llama"])
+def test_adapters_wired_differently_share_a_batch(model_type):
+    """Houlsby, Pfeiffer (seq_bn: original_ln_before), a gated one and one without the block's residual after."""
+    tt = task_type(model_type)
+    model = get_peft_model(tiny_model(model_type), BottleneckConfig(task_type=tt, init_weights=False))
+    model.add_adapter("pfeiffer", BottleneckConfig(task_type=tt, placement="pfeiffer", init_weights=False))
+    model.add_adapter("gated", BottleneckConfig(task_type=tt, init_weights=False, use_gating=True,
+                                                scaling="channel", ln_after=True))
+    model.add_adapter("no_ln_after", BottleneckConfig(task_type=tt, placement="pfeiffer", init_weights=False,
+                                                      original_ln_after=False))
+    model.eval()
+    names = ["pfeiffer", "default", "__base__", "gated", "no_ln_after", "pfeiffer"]
+    inputs = tiny_inputs(model_type, batch=len(names))
+    with torch.no_grad():
+        mixed = model(**inputs, adapter_names=names).logits
+        alone = each_alone(model, inputs, names, lambda b: model(**b).logits)
+    torch.testing.assert_close(mixed, alone, rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), model.disable_adapter():
+        base = model(**inputs).logits
+    changed = [(m - b).abs().max() > 1e-4 for m, b in zip(mixed, base)]
+    assert changed == [name != "__base__" for name in names]
