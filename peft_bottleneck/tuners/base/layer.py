@@ -14,6 +14,7 @@ example's weights from the layer's ``RouteTable`` and applies them in one batche
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -70,6 +71,7 @@ class AdapterSettings:
     tasks: Optional[tuple[str, ...]]  # the task of each route, for task-routed adapters
     post_ln: bool  # the model applies a LayerNorm after this module's block (post-LN), else only the residual add
     on_input: bool = False  # transforms the module's input (module(x + s * A(x))) instead of its output
+    default_route: Optional[int] = None  # the route a call without task routing takes (a controller's default_task)
 
     @property
     def non_linearity(self) -> str:
@@ -239,8 +241,9 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             # per-instance copy: the class attribute is a shared default
             self.frozen_peft_weight_names = {**self.frozen_peft_weight_names,
                                              adapter_name: (self.prefix + "phm_rule",)}
+        default = getattr(config, "default_task", None)
         self.settings[adapter_name] = AdapterSettings(adapter_config, kind, routes, tasks, self.post_ln_block,
-                                                      on_input)
+                                                      on_input, tasks.index(default) if tasks and default else None)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         # only the new adapter's trainability is set here: touching every adapter would make adding the n-th one
         # cost n
@@ -398,6 +401,12 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
     def _apply_adapter(self, adapter_name: str, h, parallel_input, residual, routing: Optional[Routing]) -> torch.Tensor:
         settings = self.settings[adapter_name]
         source = parallel_input if settings.config.is_parallel else h
+        if settings.routes > 1 and (routing is None or routing.task_codes is None) and \
+                settings.default_route is not None:
+            route = settings.default_route
+            columns = {k: v[route:route + 1] for k, v in self.columns(adapter_name).items()}
+            return self._adapter(h, source, residual, settings, columns, settings.non_linearity, per_example=False,
+                                 dropout=settings.config.adapter_dropout)
         if settings.routes > 1:
             if routing is None or routing.task_codes is None:
                 raise RuntimeError(
@@ -587,8 +596,7 @@ def grow_routes(layer: AdapterLayer, adapter_name: str, config, routes: int, tas
             grown[tensor] = torch.cat([old, fresh])
     for tensor, value in grown.items():
         layer.container(tensor)[adapter_name] = nn.Parameter(value)
-    layer.settings[adapter_name] = AdapterSettings(settings.config, settings.kind, settings.routes + routes, tasks,
-                                                   settings.post_ln)
+    layer.settings[adapter_name] = dataclasses.replace(settings, routes=settings.routes + routes, tasks=tasks)
     layer.set_adapter(layer.active_adapters, inference_mode=config.inference_mode)
 
 
