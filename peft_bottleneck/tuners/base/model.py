@@ -62,7 +62,10 @@ class AdapterTuner(BaseTuner):
     def _post_injection_hook(self, model, config, adapter_name) -> None:
         # name the type in the model card PEFT writes on save: a process that never imported us cannot resolve it
         if hasattr(model, "add_model_tags"):
-            model.add_model_tags([*self.model_card_tags, config.peft_type.value.lower()])
+            from ... import __version__
+
+            model.add_model_tags([*self.model_card_tags, f"peft-bottleneck-{__version__}",
+                                  config.peft_type.value.lower()])
 
     def _check_new_adapter_config(self, config) -> None:
         super()._check_new_adapter_config(config)
