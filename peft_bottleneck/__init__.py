@@ -9,6 +9,7 @@ kind registry), one folder per tuner type in ``tuners/``, ``compression/`` (impo
 """
 
 from .activations import ALLOWED_NON_LINEARITIES
+from .safety import AdapterLoadError
 from .compression import (
     AdapterDropCallback,
     LayerImportanceCallback,
@@ -40,6 +41,9 @@ from .tuners import (
     TargetingConfig,
 )
 from .tuners.base import BASE_ROUTE, Routing
+from . import safety
+
+safety.install()
 
 __version__ = "0.2.0"
 
@@ -50,6 +54,7 @@ __all__ = [
     "AdapterControllerConfig",
     "AdapterControllerModel",
     "AdapterDropCallback",
+    "AdapterLoadError",
     "AdapterLayer",
     "BottleneckConfig",
     "BottleneckLayer",

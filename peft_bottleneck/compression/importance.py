@@ -209,6 +209,12 @@ class LayerImportanceCallback(TrainerCallback):
                  calibration_batches: Optional[Sequence[dict]] = None, prune_to: Optional[int] = None,
                  prune_method: Optional[str] = None, angular_block: int = 1, output_dir: Optional[str] = None,
                  log_scores: bool = True, greedy_steps: Optional[int] = None) -> None:
+        unknown = sorted(set(methods) - set(METHODS)) if not isinstance(methods, str) else [methods]
+        if unknown:
+            raise ValueError(f"`methods` has unknown method(s) {unknown}; known: {list(METHODS)}.")
+        for name, value in (("prune_to", prune_to), ("greedy_steps", greedy_steps), ("angular_block", angular_block)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"`{name}` must be a positive integer (layers), got {value!r}.")
         prune_method = prune_method or default_prune_method(calibrated=bool(calibration_batches))
         if prune_method not in METHODS:
             raise ValueError(f"`prune_method` must be one of {list(METHODS)}, got {prune_method!r}.")

@@ -7,6 +7,7 @@ base pruned differently (or not at all): loading compares the maps and refuses a
 from __future__ import annotations
 
 PRUNED_LAYER_MAP = "pruned_layer_map"
+UNCHECKED = "unchecked"  # a layer_map value: attach by position, whatever the base model's layers
 
 
 def _unwrap(model):
@@ -27,7 +28,16 @@ def check_layer_map(peft_config, model) -> None:
     ``{}`` (unpruned) or its model's map, which must equal the base model's.
     """
     current = model_layer_map(model)
+    if peft_config.layer_map == UNCHECKED:
+        return
     if peft_config.layer_map is None:
+        if current and getattr(peft_config, "_loaded", False):
+            raise ValueError(
+                f"This saved adapter records no layer map, but the base model is pruned ({current}): its weights are "
+                "stored by layer position and may attach to the wrong layers. Load it onto the model it was made "
+                f"for, or pass layer_map={UNCHECKED!r} (e.g. PeftModel.from_pretrained(base, path, "
+                f"layer_map={UNCHECKED!r})) if attaching by position is intended."
+            )
         peft_config.layer_map = current
         return
     if dict(peft_config.layer_map) == current:

@@ -71,6 +71,8 @@ def prune_layers(
 
     kept = _resolve_keep(target, drop, keep)
     old_count = len(target.layers)
+    if kept == list(range(old_count)):
+        return model  # nothing to remove: nothing recorded either
     _check_t5_cache_sizing(base.config, target, len(kept))
     old_first = target.layers[0]
     new_layers = nn.ModuleList([target.layers[i] for i in kept])

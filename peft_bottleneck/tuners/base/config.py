@@ -124,6 +124,7 @@ class TargetingConfig(PeftConfig):
     def __post_init__(self):
         # a config read from a file carries `peft_version`; one built in code does not, yet
         loaded = self.peft_version is not None
+        self._loaded = loaded  # not a field: never saved
         super().__post_init__()
         if self.format_version is None:
             self.format_version = 1 if loaded else FORMAT_VERSION
@@ -144,12 +145,14 @@ class TargetingConfig(PeftConfig):
             raise ValueError("`layers_pattern` only takes effect together with `layers_to_transform` or `leave_out`.")
         if self.leave_out and self.layers_to_transform is not None:
             raise ValueError("Pass either `layers_to_transform` or `leave_out`, not both.")
-        if self.layer_map is not None and not (
+        check_bool(self, "inference_mode")
+        if self.layer_map is not None and self.layer_map != "unchecked" and not (
             isinstance(self.layer_map, dict)
             and all(isinstance(k, str) and isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool)
                                                                        for i in v) for k, v in self.layer_map.items())
         ):
-            raise TypeError(f"`layer_map` must map layer-stack paths to lists of layer indices, got {self.layer_map!r}.")
+            raise TypeError(f"`layer_map` must map layer-stack paths to lists of layer indices (or be 'unchecked'), got "
+                            f"{self.layer_map!r}.")
 
     def _check_layer_indices(self, name: str, allow_int: bool) -> None:
         value = getattr(self, name)

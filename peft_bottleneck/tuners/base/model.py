@@ -211,8 +211,9 @@ class AdapterTuner(BaseTuner):
                 continue
             if adapter_name in module.settings or any(adapter_name in getattr(module, c) for c in
                                                       module.adapter_layer_names):
-                for container in (*module.adapter_layer_names, "settings"):
-                    getattr(module, container).pop(adapter_name, None)
+                for container in (getattr(module, c) for c in (*module.adapter_layer_names, "settings")):
+                    if adapter_name in container:
+                        del container[adapter_name]
                 for key in [k for k in module.shared_refs if k[1] == adapter_name]:
                     del module.shared_refs[key]
             if id(module) not in layers_before and not module.settings:
@@ -257,7 +258,9 @@ class AdapterTuner(BaseTuner):
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
         state_dict = legacy.convert_llm_adapters(legacy.convert_state_dict(state_dict, cls.prefix, config), cls.prefix)
-        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        check_adapter_state_dict(model, config, adapter_name, remapped)
+        return remapped
 
     # -- routing ------------------------------------------------------------------------------------------------
 
@@ -350,6 +353,45 @@ class AdapterTuner(BaseTuner):
     def _adapters_off(self) -> bool:
         layers = list(self.tuner_layers())
         return bool(layers) and all(layer.disable_adapters for layer in layers)
+
+
+def check_adapter_state_dict(model, config, adapter_name: str, state_dict: dict) -> None:
+    """Every tensor of the adapter present with its shape, and nothing else: a key naming a base-model weight (or
+    anything outside the adapter and its declared ``modules_to_save``) is refused, not loaded."""
+    from peft.tuners.tuners_utils import _filter_state_dict_by_key_prefixes, _get_tuner_state_dict_key_prefixes
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    model_state = model.state_dict()
+    prefix = "base_model.model." if any(k.startswith("base_model.model.") for k in model_state) else ""
+    state_dict = {k if k in model_state or not prefix else k: v for k, v in state_dict.items()}
+    expected = _filter_state_dict_by_key_prefixes(model_state, _get_tuner_state_dict_key_prefixes(
+        model, adapter_name=adapter_name))
+    auxiliary = [n for n, m in model.named_modules() if isinstance(m, AuxiliaryTrainingWrapper)]
+    trains_biases = getattr(config, "bias", "none") != "none"
+    unexpected, wrong_shape = [], []
+    for key, value in state_dict.items():
+        model_key = key if key in model_state else key.removeprefix("base_model.model.")
+        if model_key in expected:
+            if tuple(value.shape) != tuple(model_state[model_key].shape):
+                wrong_shape.append(f"{key}: {tuple(value.shape)} in the file, {tuple(model_state[model_key].shape)} "
+                                   "in the model")
+            continue
+        if any(model_key.startswith(a + ".") for a in auxiliary) or (trains_biases and model_key.endswith(".bias")
+                                                                       and model_key in model_state):
+            continue
+        unexpected.append(key)
+    missing = sorted(k for k in expected if k not in state_dict and "base_model.model." + k not in state_dict
+                     and k.removeprefix("base_model.model.") not in state_dict)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} adapter tensors are missing (e.g. {missing[:3]})")
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} have the wrong shape (e.g. {wrong_shape[:2]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensors are not this adapter's (e.g. {sorted(unexpected)[:3]}); loading "
+                        "them would overwrite weights outside the adapter")
+    if problems:
+        raise ValueError(f"The weights of adapter {adapter_name!r} do not fit the model: " + "; ".join(problems) + ".")
 
 
 def _matches(key: str, names) -> bool:

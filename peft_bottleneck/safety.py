@@ -1,0 +1,253 @@
+"""Loads that leave nothing half-done and saves that never destroy the adapter already on disk.
+
+PEFT registers an adapter before it reads the weights and writes ``save_pretrained`` files in place, so a failure
+in between damages the model or the folder (its LoRA fails the same ways). For this package's adapter types the
+three load paths and ``save_pretrained`` are wrapped (other PEFT types pass straight through):
+
+- ``PeftModel.from_pretrained``, ``PeftModel.load_adapter`` and transformers' ``load_adapter``: on any failure the
+  adapter is removed again, every layer made for it is unwrapped, and the model, its ``peft_config`` and its state
+  dict are as before; the error names the source. The weights themselves are checked when PEFT hands them to our
+  tuner (``tuners.base.model``): a missing adapter tensor, a wrong shape, or a key outside the adapter's own
+  tensors and declared ``modules_to_save`` is an error.
+- ``PeftModel.save_pretrained``: everything is written to a temporary folder inside the target first; only when it
+  is complete are the files moved into place, the old ones kept aside until then and put back if anything fails
+  (an exception or a KeyboardInterrupt): the folder holds the old adapter or the new one, whole.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from peft import PeftModel
+from transformers.integrations.peft import PeftAdapterMixin
+
+from .tuners.base.layer import AdapterLayer
+from .tuners.base.model import AdapterTuner
+
+WRAPPED = "__peft_bottleneck_safe__"
+
+
+class AdapterLoadError(ValueError):
+    """Loading an adapter failed; the model was left exactly as it was."""
+
+
+def _is_ours(config) -> bool:
+    from .tuners.base.kinds import registered_configs
+    from .tuners.controller import AdapterControllerConfig
+
+    return isinstance(config, (AdapterControllerConfig, *registered_configs()))
+
+
+def _peft_type_of(model_id, subfolder=None, **kwargs):
+    from peft.config import PeftConfig
+
+    try:
+        return PeftConfig._get_peft_type(model_id, subfolder=subfolder, **{k: v for k, v in kwargs.items() if k in (
+            "revision", "cache_dir", "token", "local_files_only")})
+    except Exception:
+        return None
+
+
+def _our_type(peft_type) -> bool:
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    from peft.utils import PeftType
+
+    try:
+        config_cls = PEFT_TYPE_TO_CONFIG_MAPPING[PeftType(peft_type)]
+    except (KeyError, ValueError):
+        return False
+    from .tuners.base.config import TargetingConfig
+
+    return issubclass(config_cls, TargetingConfig)
+
+
+class Snapshot:
+    """What a failed load must restore: the adapted layers of a module tree and their adapters, and its configs."""
+
+    def __init__(self, root, peft_config_owner=None) -> None:
+        self.root = root
+        self.layers = {id(m): set(m.settings) for m in root.modules() if isinstance(m, AdapterLayer)}
+        self.owner = peft_config_owner
+        self.config_names = set(getattr(peft_config_owner, "peft_config", {}) or {}) if peft_config_owner else None
+        self.had_peft_config = hasattr(root, "peft_config")
+        self.peft_config_loaded = getattr(root, "_hf_peft_config_loaded", None)
+
+    def restore(self) -> None:
+        for name, module in list(self.root.named_modules()):
+            if not isinstance(module, AdapterLayer):
+                continue
+            before = self.layers.get(id(module))
+            for adapter in [a for a in list(module.settings) if before is None or a not in before]:
+                for container in (getattr(module, c) for c in (*module.adapter_layer_names, "settings")):
+                    if adapter in container:
+                        del container[adapter]
+                for key in [k for k in module.shared_refs if k[1] == adapter]:
+                    del module.shared_refs[key]
+            if before is None:
+                module.context.detach()
+                parent_name, _, child = name.rpartition(".")
+                parent = self.root.get_submodule(parent_name) if parent_name else self.root
+                setattr(parent, child, module.base_layer)
+        if self.owner is not None and self.config_names is not None:
+            configs = getattr(self.owner, "peft_config", None)
+            if isinstance(configs, dict):
+                for name in [n for n in configs if n not in self.config_names]:
+                    del configs[name]
+        if not self.had_peft_config and hasattr(self.root, "peft_config") and not self.layers:
+            try:
+                del self.root.peft_config
+            except AttributeError:
+                pass
+        if self.peft_config_loaded is not None or hasattr(self.root, "_hf_peft_config_loaded"):
+            self.root._hf_peft_config_loaded = bool(self.peft_config_loaded)
+
+
+def _fail(error: BaseException, source) -> None:
+    if isinstance(error, (KeyboardInterrupt, SystemExit)):
+        raise error
+    raise AdapterLoadError(f"Could not load the adapter from {source}: {type(error).__name__}: {error} "
+                           "(the model was left as it was).") from error
+
+
+def _known_type(peft_type, source) -> None:
+    """A clear error for an adapter_config.json whose peft_type no installed PEFT method provides."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    from peft.utils import PeftType
+
+    if peft_type is None:
+        return
+    known = {t.value for t in PEFT_TYPE_TO_CONFIG_MAPPING}
+    if peft_type not in known or peft_type not in PeftType.__members__:
+        raise AdapterLoadError(f"{source}: adapter_config.json names peft_type {peft_type!r}, which no installed PEFT "
+                               f"method provides (known: {sorted(known)}).")
+
+
+def _from_pretrained(original):
+    @functools.wraps(original)
+    def from_pretrained(cls, model, model_id, *args, **kwargs):
+        peft_type = _peft_type_of(model_id, kwargs.get("subfolder"), **kwargs)
+        _known_type(peft_type, model_id)
+        if not _our_type(peft_type):
+            return original.__func__(cls, model, model_id, *args, **kwargs)
+        snapshot = Snapshot(model, model)
+        try:
+            return original.__func__(cls, model, model_id, *args, **kwargs)
+        except BaseException as error:
+            snapshot.restore()
+            _fail(error, model_id)
+
+    return classmethod(from_pretrained)
+
+
+def _load_adapter(original, owner_of, check_file: bool = False):
+    @functools.wraps(original)
+    def load_adapter(self, *args, **kwargs):
+        model_id = kwargs.get("model_id", kwargs.get("peft_model_id", args[0] if args else None))
+        peft_type = _peft_type_of(model_id, kwargs.get("subfolder"), **kwargs) if model_id is not None else None
+        if model_id is not None:
+            _known_type(peft_type, model_id)
+        if model_id is None or not _our_type(peft_type):
+            return original(self, *args, **kwargs)
+        root, owner = owner_of(self)
+        snapshot = Snapshot(root, owner)
+        try:
+            checked = check_weights_file(root, model_id, kwargs) if check_file else None
+            result = original(self, *args, **kwargs)
+            if check_file:
+                check_loaded(root, kwargs.get("adapter_name") or "default", checked)
+            return result
+        except BaseException as error:
+            snapshot.restore()
+            _fail(error, model_id)
+
+    return load_adapter
+
+
+def check_weights_file(model, model_id, kwargs) -> dict:
+    """Before transformers loads anything: the weights file is readable, holds tensors, and names no weight of the
+    base model (which its loader would overwrite)."""
+    from peft.utils import load_peft_weights
+
+    download = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "subfolder") if kwargs.get(k) is not None}
+    weights = load_peft_weights(str(model_id), device="cpu", **download)
+    if not weights:
+        raise ValueError(f"{model_id}: the adapter weights file holds no tensors.")
+    base_keys = set(model.state_dict())
+    foreign = [k for k in weights if k.removeprefix("base_model.model.") in base_keys]
+    if foreign:
+        raise ValueError(f"{model_id}: the weights file names weights of the base model ({sorted(foreign)[:3]}); "
+                         "loading it would overwrite them.")
+    return weights
+
+
+def check_loaded(model, adapter_name: str, weights: dict) -> None:
+    """After transformers loaded the adapter: every tensor it created came from the file (none left at its init)."""
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    config = model.peft_config[adapter_name]
+    tuner = PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type]
+    tuner._remap_adapter_state_dict_for_load(model, config, adapter_name, dict(weights))
+
+
+def _save_pretrained(original):
+    @functools.wraps(original)
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if not any(_is_ours(c) for c in self.peft_config.values()) or os.path.isfile(save_directory):
+            return original(self, save_directory, *args, **kwargs)
+        target = Path(save_directory)
+        target.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target))
+        try:
+            original(self, str(staging), *args, **kwargs)
+            commit_files(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    return save_pretrained
+
+
+def commit_files(staging: Path, target: Path) -> None:
+    """Move every file of ``staging`` to the same place under ``target``; the files they replace are kept aside
+    and put back if the move is interrupted, so ``target`` ends with the old set or the new one, whole."""
+    new_files = [p for p in sorted(staging.rglob("*")) if p.is_file()]
+    moved, aside = [], []
+    backup = Path(tempfile.mkdtemp(prefix=".replaced-", dir=target))
+    try:
+        for source in new_files:
+            relative = source.relative_to(staging)
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            if destination.exists():
+                kept = backup / relative
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(destination, kept)
+                aside.append((kept, destination))
+            os.replace(source, destination)
+            moved.append(destination)
+    except BaseException:
+        for destination in moved:
+            destination.unlink(missing_ok=True)
+        for kept, destination in aside:
+            os.replace(kept, destination)
+        raise
+    finally:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def install() -> None:
+    """Wrap the load and save paths once (idempotent)."""
+    if getattr(PeftModel, WRAPPED, False):
+        return
+    PeftModel.from_pretrained = _from_pretrained(PeftModel.from_pretrained)
+    PeftModel.load_adapter = _load_adapter(PeftModel.load_adapter, lambda m: (m.base_model.model, m))
+    PeftModel.save_pretrained = _save_pretrained(PeftModel.save_pretrained)
+    # transformers reads the weights with its own loader (not PEFT's, which our tuner checks): check the file here
+    PeftAdapterMixin.load_adapter = _load_adapter(PeftAdapterMixin.load_adapter, lambda m: (m, m), check_file=True)
+    setattr(PeftModel, WRAPPED, True)
+
+
+__all__ = ["AdapterLoadError", "AdapterTuner", "commit_files", "install"]
