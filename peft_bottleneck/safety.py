@@ -176,8 +176,16 @@ def check_weights_file(model, model_id, kwargs) -> dict:
     weights = load_peft_weights(str(model_id), device="cpu", **download)
     if not weights:
         raise ValueError(f"{model_id}: the adapter weights file holds no tensors.")
+    from peft.config import PeftConfig
+
+    saved = set(PeftConfig.from_pretrained(str(model_id), **download).modules_to_save or ())
     base_keys = set(model.state_dict())
-    foreign = [k for k in weights if k.removeprefix("base_model.model.") in base_keys]
+
+    def declared(key: str) -> bool:  # a module the adapter trains as a whole (modules_to_save)
+        parts = key.removeprefix("base_model.model.").split(".")
+        return any(part in saved for part in parts[:-1])
+
+    foreign = [k for k in weights if k.removeprefix("base_model.model.") in base_keys and not declared(k)]
     if foreign:
         raise ValueError(f"{model_id}: the weights file names weights of the base model ({sorted(foreign)[:3]}); "
                          "loading it would overwrite them.")

@@ -223,10 +223,12 @@ def _longest_match(current_key: str, names) -> Optional[tuple[str, str]]:
     return max(matches, key=lambda m: len(m[0])) if matches else None
 
 
-def input_source_for(model, input_from: Optional[dict], current_key: str):
-    """The module whose input a parallel adapter at ``current_key`` reads (``input_from``), or None."""
-    match = _longest_match(current_key, (input_from or {}).keys())
-    if match is None:
+def input_source_for(model, input_from: Optional[dict], current_key: str, other_positions=()):
+    """The module whose input a parallel adapter at ``current_key`` reads (``input_from``), or None. A longer
+    position name in ``other_positions`` that also matches wins (BERT's ``attention.output.dense`` is not the
+    feed-forward ``output.dense``)."""
+    match = _longest_match(current_key, [*(input_from or {}).keys(), *other_positions])
+    if match is None or match[0] not in (input_from or {}):
         return None
     target, prefix = match
     source_key = prefix + input_from[target]

@@ -62,11 +62,11 @@ def check_name_list(config, name: str, allow_regex: bool = True) -> None:
     value = getattr(config, name)
     if value is None or (allow_regex and isinstance(value, str)):
         return
-    if isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value):
+    if isinstance(value, (list, tuple, set)) and all(isinstance(v, str) and v.strip() for v in value):
         setattr(config, name, set(value))
         return
-    raise TypeError(f"`{name}` must be a list of module names{' or one regex string' if allow_regex else ''}, "
-                    f"got {value!r}.")
+    raise TypeError(f"`{name}` must be a list of (non-empty) module names"
+                    f"{' or one regex string' if allow_regex else ''}, got {value!r}.")
 
 
 @dataclass
@@ -155,23 +155,19 @@ class TargetingConfig(PeftConfig):
                             f"{self.layer_map!r}.")
 
     def _check_layer_indices(self, name: str, allow_int: bool) -> None:
+        """A list of layer indices >= 0 (a single index becomes a one-item list)."""
         value = getattr(self, name)
         if value is None:
             return
         if allow_int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            setattr(self, name, int(value))
-            value = [int(value)]
-        elif isinstance(value, (list, tuple)) and all(
-            isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in value
-        ):
-            setattr(self, name, [int(i) for i in value])
-        else:
+            value = [value]
+        if not (isinstance(value, (list, tuple)) and all(
+                isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in value)):
             raise TypeError(f"`{name}` must be {'an integer or ' if allow_int else ''}a list of layer indices, "
-                            f"got {value!r}.")
-        if any(i < 0 for i in getattr(self, name) if isinstance(getattr(self, name), list)) or (
-            isinstance(getattr(self, name), int) and getattr(self, name) < 0
-        ):
-            raise ValueError(f"`{name}` must hold layer indices >= 0, got {value!r}.")
+                            f"got {getattr(self, name)!r}.")
+        if any(i < 0 for i in value):
+            raise ValueError(f"`{name}` must hold layer indices >= 0, got {list(value)!r}.")
+        setattr(self, name, [int(i) for i in value])
 
 
 @dataclass
@@ -285,8 +281,9 @@ class AdapterConfigBase(TargetingConfig):
         super().__post_init__()
         check_number(self, "reduction_factor", 0, low_open=True)
         check_number(self, "bottleneck_size", 1, integer=True, optional=True)
-        if self.non_linearity is not None:
-            self.non_linearity = check_non_linearity(self.non_linearity)
+        if self.non_linearity is None:
+            self.non_linearity = self.default_non_linearity()
+        self.non_linearity = check_non_linearity(self.non_linearity)
         check_number(self, "adapter_dropout", 0.0, 1.0, high_open=True)
         if isinstance(self.scaling, str):
             check_choice(self, "scaling", SCALING_MODES)
@@ -318,6 +315,11 @@ class AdapterConfigBase(TargetingConfig):
         ):
             raise TypeError(f"`input_from` must map target names to module names (dict[str, str]), got "
                             f"{self.input_from!r}.")
+
+    def default_non_linearity(self) -> str:
+        """The non-linearity when none is given: the field's declared default (the type's published preset)."""
+        default = type(self).__dataclass_fields__["non_linearity"].default
+        return default if isinstance(default, str) else "relu"
 
     def preset_original_ln_before(self) -> bool:
         """Whether the placement's published preset sets ``original_ln_before`` (applied at the default positions)."""

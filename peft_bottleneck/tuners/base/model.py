@@ -133,7 +133,9 @@ class AdapterTuner(BaseTuner):
         config = self.adapter_config(peft_config)
         model_type = getattr(getattr(self.model, "config", None), "model_type", None)
         if config.is_parallel:
-            source = input_source_for(self.model, config.input_from, current_key)
+            positions = ADAPTER_POSITIONS.get(model_type or "")
+            others = (positions.attention_output + positions.ffn_output + positions.ffn_block) if positions else ()
+            source = input_source_for(self.model, config.input_from, current_key, others)
             if source is not None:
                 context.attach(input_source=source)
         if config.needs_block_context:

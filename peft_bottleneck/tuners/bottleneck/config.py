@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 from ...registration import peft_type
 from ...target_modules import colliding_names
-from ..base.config import AdapterConfigBase, check_choice
+from ..base.config import AdapterConfigBase, check_bool, check_choice
 
 PLACEMENTS = ("houlsby", "pfeiffer")
 # LLM-Adapters' module types by name: an "mh_adapter" transforms the module's input, an "output_adapter" its output
@@ -48,12 +48,21 @@ class BottleneckConfig(AdapterConfigBase):
 
     def __post_init__(self):
         self.peft_type = self.own_peft_type()
+        for name in ("use_parallel_adapter", "use_adapterp"):
+            if getattr(self, name) is not None:
+                check_bool(self, name)
         if self.use_parallel_adapter is not None or self.use_adapterp is not None:
+            if type(self) is not BottleneckConfig:
+                raise ValueError("`use_parallel_adapter` / `use_adapterp` are LLM-Adapters' fields for "
+                                 "BottleneckConfig only; leave them unset here.")
             self._follow_llm_adapters()
         check_choice(self, "placement", PLACEMENTS)
-        if self.non_linearity is None:
-            self.non_linearity = DEFAULT_NON_LINEARITY[self.placement]
         super().__post_init__()
+
+    def default_non_linearity(self) -> str:
+        if type(self).__dataclass_fields__["non_linearity"].default is None:
+            return DEFAULT_NON_LINEARITY[self.placement]
+        return super().default_non_linearity()
 
     def _follow_llm_adapters(self) -> None:
         """LLM-Adapters' semantics, from their config fields (their ``target_modules`` may map names to types)."""
