@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 
@@ -99,10 +100,12 @@ def test_peft_model_from_pretrained(saved_adapter):
         assert torch.equal(model(**inputs).logits, expected)
 
 
-def test_fresh_process_without_the_plugin_fails_with_the_type_name(saved_adapter):
-    # PEFT looks the type up before any of our code can run: the error is PEFT's KeyError naming the type
-    # (README, "Loading"); the saved model card carries the `peft-bottleneck` tag for the same reason.
-    code = f"from peft import PeftConfig; PeftConfig.from_pretrained({str(saved_adapter[1])!r})"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "BOTTLENECK" in result.stderr
+def test_fresh_process_finds_the_type_through_the_start_up_hook_or_names_it_when_turned_off(saved_adapter):
+    # with the hook (installed with the package) a process that only imports peft resolves our type; with it
+    # turned off PEFT looks the type up before any of our code can run: its KeyError names the type
+    code = f"from peft import PeftConfig; print(type(PeftConfig.from_pretrained({str(saved_adapter[1])!r})).__name__)"
+    hooked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert hooked.returncode == 0 and hooked.stdout.strip() == "BottleneckConfig", hooked.stderr[-2000:]
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/",
+                         env={**os.environ, "PEFT_BOTTLENECK_AUTOLOAD": "0"})
+    assert off.returncode != 0 and "BOTTLENECK" in off.stderr

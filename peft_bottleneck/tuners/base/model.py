@@ -202,6 +202,8 @@ class AdapterTuner(BaseTuner):
             self._targets[adapter_name] = (self._signature(self.peft_config[adapter_name]),
                                            self._targets.get(adapter_name, (None, []))[1])
             self._shared.pop(adapter_name, None)  # only needed while this adapter's layers are made
+            if autocast_adapter_dtype:
+                keep_saved_modules_in_fp32(model, adapter_name)
         except BaseException:
             self.remove_partial_adapter(model, adapter_name, before)
             raise
@@ -355,6 +357,38 @@ class AdapterTuner(BaseTuner):
     def _adapters_off(self) -> bool:
         layers = list(self.tuner_layers())
         return bool(layers) and all(layer.disable_adapters for layer in layers)
+
+
+def keep_saved_modules_in_fp32(model, adapter_name: str) -> None:
+    """The trained copies of ``modules_to_save`` (a new classifier head) in float32 on a half-precision base, as
+    PEFT's ``autocast_adapter_dtype`` keeps adapters: an fp16 head goes NaN after its first optimizer step. They
+    compute in float32 and hand back the model's dtype."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    half = (torch.float16, torch.bfloat16)
+    for wrapper in model.modules():
+        if not isinstance(wrapper, ModulesToSaveWrapper) or adapter_name not in wrapper.modules_to_save:
+            continue
+        copy = wrapper.modules_to_save[adapter_name]
+        if not any(p.dtype in half for p in copy.parameters()):
+            continue
+        copy.float()
+        copy.register_forward_pre_hook(_inputs_to_fp32, with_kwargs=True)
+        copy.register_forward_hook(_output_to_input_dtype, with_kwargs=True)
+
+
+def _inputs_to_fp32(module, args, kwargs):
+    module.__dict__["_caller_dtype"] = next((a.dtype for a in args if torch.is_tensor(a) and a.is_floating_point()),
+                                            None)
+    cast = lambda v: v.float() if torch.is_tensor(v) and v.is_floating_point() else v  # noqa: E731
+    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+
+def _output_to_input_dtype(module, args, kwargs, output):
+    dtype = module.__dict__.get("_caller_dtype")
+    if dtype is not None and torch.is_tensor(output) and output.is_floating_point():
+        return output.to(dtype)
+    return output
 
 
 def check_adapter_state_dict(model, config, adapter_name: str, state_dict: dict) -> None:
