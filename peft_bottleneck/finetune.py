@@ -1,45 +1,34 @@
-"""The main job: fine-tune a bundled encoder with an adapter on bundled sentiment data, then save, reload and compare.
+"""The main job: fine-tune a bundled encoder with an adapter on bundled data, evaluate, save, reload, compare.
 
     python -m peft_bottleneck.finetune                      # MiniLM-L6 + Houlsby adapter on Rotten Tomatoes
     python -m peft_bottleneck.finetune --adapter compacter --dataset topic  # BBC News topics, Compacter
     python -m peft_bottleneck.finetune --adapter parallel --model-path ./my-bert --data-csv my.csv
 
-Prints the test accuracy and macro-F1 of the adapter next to a head-only baseline (encoder frozen, classifier
-trained), the share of trained parameters, and the wall time of each.
+Writes to the output folder: `adapter/` (the trained adapter), `results.json`, `results.md` (the table) and
+`results.png` (training loss and validation accuracy per step for the adapter and the head-only baseline, and test
+accuracy against the trained share). Nothing else is kept: no Trainer checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never wait on the network
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from peft import PeftModel, get_peft_model  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    Trainer,
-    TrainingArguments,
-)
-
-import peft_bottleneck  # noqa: E402
-from peft_bottleneck.bundled import csv_splits, minilm_path, sentiment_splits, topic_splits  # noqa: E402
-from peft_bottleneck.metrics import load_classification_metric  # noqa: E402
-
-ADAPTERS = {
-    "houlsby": lambda: peft_bottleneck.BottleneckConfig(task_type="SEQ_CLS"),
-    "pfeiffer": lambda: peft_bottleneck.BottleneckConfig(task_type="SEQ_CLS", placement="pfeiffer"),
-    "parallel": lambda: peft_bottleneck.ParallelAdapterConfig(task_type="SEQ_CLS"),
-    "compacter": lambda: peft_bottleneck.CompacterConfig(task_type="SEQ_CLS"),
-    "compacter++": lambda: peft_bottleneck.CompacterConfig(task_type="SEQ_CLS", placement="pfeiffer"),
-}
-DATASETS = {"sentiment": sentiment_splits, "topic": topic_splits}
+PROG = "python -m peft_bottleneck.finetune"
+ADAPTERS = ("houlsby", "pfeiffer", "parallel", "compacter", "compacter++")
+DATASETS = ("sentiment", "topic")
+# the rate used when --learning-rate is not given: Houlsby's is the main job's measured one; the others are the
+# rates chosen on validation in benchmarks/accuracy.py (sentiment, seed 0; benchmarks/results/accuracy_minilm.json)
+DEFAULT_LEARNING_RATES = {"houlsby": 2e-3, "pfeiffer": 9e-3, "parallel": 3.33e-4, "compacter": 1e-2,
+                          "compacter++": 3.33e-2}
 
 
 @dataclass
@@ -50,97 +39,160 @@ class RunResult:
     trainable: int
     total: int
     seconds: float
+    learning_rate: float
+    history: list = field(default_factory=list)  # (step, training loss) and (step, validation accuracy)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--adapter", choices=sorted(ADAPTERS), default="houlsby")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--adapter", choices=ADAPTERS, default="houlsby")
     parser.add_argument("--model-path", default=None, help="local encoder folder (default: bundled MiniLM-L6)")
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="sentiment", help="bundled data set")
+    parser.add_argument("--dataset", choices=DATASETS, default="sentiment", help="bundled data set")
     parser.add_argument("--data-csv", default=None, help="your own CSV with 'text' and 'label' (replaces --dataset)")
     parser.add_argument("--output-dir", default="outputs/finetune")
     parser.add_argument("--max-train-samples", type=int, default=4000)
     parser.add_argument("--max-eval-samples", type=int, default=None, help="cap validation and test (smoke runs)")
     parser.add_argument("--epochs", type=float, default=2)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="default: the recommended rate of the adapter kind")
     parser.add_argument("--head-learning-rate", type=float, default=1e-2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-baseline", action="store_true")
-    return parser.parse_args(argv)
+    parser.add_argument("--keep-baseline", action="store_true", help="also save the head-only model")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' warnings and loading reports")
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args) -> None:
+    """Every argument checked before anything is loaded: a one-line message and exit code 2 (argparse's)."""
+    for name in ("max_train_samples", "max_eval_samples", "batch_size", "max_length"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    for name in ("epochs", "learning_rate", "head_learning_rate"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.data_csv is not None:
+        path = Path(args.data_csv)
+        if not path.is_file():
+            parser.error(f"--data-csv {path}: no such file")
+        import pandas as pd
+
+        try:
+            columns = set(pd.read_csv(path, nrows=5).columns)
+        except Exception as error:
+            parser.error(f"--data-csv {path}: not a readable CSV ({type(error).__name__}: {error})")
+        missing = {"text", "label"} - columns
+        if missing:
+            parser.error(f"--data-csv {path}: needs the columns 'text' and 'label'; missing {sorted(missing)}")
+    if args.model_path is not None:
+        folder = Path(args.model_path)
+        if not folder.is_dir():
+            parser.error(f"--model-path {folder}: no such folder")
+        if not (folder / "config.json").is_file() or not any(
+                (folder / w).is_file() for w in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")):
+            parser.error(f"--model-path {folder}: holds no model (config.json and model.safetensors expected)")
+        if not any((folder / t).is_file() for t in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+            parser.error(f"--model-path {folder}: holds no tokenizer (tokenizer.json or vocab.txt expected)")
+
+
+def quiet(verbose: bool) -> None:
+    """No warning a user cannot act on: loading reports for a new head, deprecations inside the libraries."""
+    if verbose:
+        return
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, message=".*pin_memory.*")
+    import datasets
+
+    datasets.disable_progress_bars()
+
+
+def adapter_config(name: str):
+    import peft_bottleneck as pb
+
+    return {
+        "houlsby": lambda: pb.BottleneckConfig(task_type="SEQ_CLS"),
+        "pfeiffer": lambda: pb.BottleneckConfig(task_type="SEQ_CLS", placement="pfeiffer"),
+        "parallel": lambda: pb.ParallelAdapterConfig(task_type="SEQ_CLS"),
+        "compacter": lambda: pb.CompacterConfig(task_type="SEQ_CLS"),
+        "compacter++": lambda: pb.CompacterConfig(task_type="SEQ_CLS", placement="pfeiffer"),
+    }[name]()
 
 
 def load_data(args, tokenizer):
-    splits = csv_splits(args.data_csv) if args.data_csv else DATASETS[args.dataset]()
+    from .bundled import csv_splits, sentiment_splits, topic_splits
+
+    splits = csv_splits(args.data_csv) if args.data_csv else {"sentiment": sentiment_splits,
+                                                               "topic": topic_splits}[args.dataset]()
     if args.max_train_samples and len(splits["train"]) > args.max_train_samples:
         splits["train"] = splits["train"].select(range(args.max_train_samples))
     for name in ("validation", "test"):
         if args.max_eval_samples and len(splits[name]) > args.max_eval_samples:
             splits[name] = splits[name].select(range(args.max_eval_samples))
     num_labels = len(set(splits["train"]["label"]))
-    tokenized = splits.map(
-        lambda batch: tokenizer(batch["text"], truncation=True, max_length=args.max_length),
-        batched=True,
-        remove_columns=["text"],
-    )
+    tokenized = splits.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=args.max_length),
+                           batched=True, remove_columns=["text"])
     return tokenized, num_labels
 
 
-def compute_metrics_fn():
+def train(name, model, args, data, tokenizer, learning_rate, scratch) -> RunResult:
+    import numpy as np
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from .metrics import load_classification_metric
+
     metric = load_classification_metric()
-
-    def compute_metrics(prediction):
-        return metric.compute(predictions=np.argmax(prediction.predictions, axis=-1), references=prediction.label_ids)
-
-    return compute_metrics
-
-
-def train(name, model, args, data, tokenizer, learning_rate) -> tuple[Trainer, RunResult]:
+    steps_per_epoch = max(1, len(data["train"]) // args.batch_size)
     training_args = TrainingArguments(
-        output_dir=os.path.join(args.output_dir, name),
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=128,
-        learning_rate=learning_rate,
-        num_train_epochs=args.epochs,
-        warmup_steps=0.1,
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=1,
-        load_best_model_at_end=True,
-        metric_for_best_model="accuracy",
-        logging_steps=25,
-        report_to=[],
-        seed=args.seed,
-        dataloader_num_workers=0,
+        output_dir=str(scratch / name), per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=128,
+        learning_rate=learning_rate, num_train_epochs=args.epochs, warmup_steps=0.1, eval_strategy="steps",
+        eval_steps=max(1, steps_per_epoch // 2), save_strategy="no", logging_steps=max(1, steps_per_epoch // 10),
+        report_to=[], seed=args.seed, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+        dataloader_pin_memory=torch.cuda.is_available(), disable_tqdm=not sys.stderr.isatty(),
     )
     trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=data["train"],
-        eval_dataset=data["validation"],
+        model=model, args=training_args, train_dataset=data["train"], eval_dataset=data["validation"],
         data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics_fn(),
+        compute_metrics=lambda p: metric.compute(predictions=np.argmax(p.predictions, axis=-1),
+                                                 references=p.label_ids),
     )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     test = trainer.evaluate(data["test"], metric_key_prefix="test")
+    history = [{"step": e["step"], **{k: e[k] for k in ("loss", "eval_accuracy") if k in e}}
+               for e in trainer.state.log_history if "loss" in e or "eval_accuracy" in e]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    return trainer, RunResult(name, test["test_accuracy"], test["test_macro_f1"], trainable, total, seconds)
+    result = RunResult(name, test["test_accuracy"], test["test_macro_f1"], trainable, total, seconds, learning_rate,
+                       history)
+    print(f"{name}: test accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f}, {seconds:.0f} s")
+    return trainer, result
 
 
 def head_only_model(model_path, num_labels):
+    from transformers import AutoModelForSequenceClassification
+
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
     for name, parameter in model.named_parameters():
         parameter.requires_grad = name.startswith("classifier")
     return model
 
 
-def check_reload(trainer, args, model_path, num_labels, data) -> None:
+def check_reload(trainer, output_dir: Path, model_path, num_labels, data) -> Path:
     """Save the adapter, load it onto a fresh base model and check the predictions are the same."""
-    adapter_dir = os.path.join(args.output_dir, "adapter")
+    import numpy as np
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    adapter_dir = output_dir / "adapter"
     trainer.model.save_pretrained(adapter_dir)
     fresh = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
     reloaded = PeftModel.from_pretrained(fresh, adapter_dir)
@@ -149,39 +201,92 @@ def check_reload(trainer, args, model_path, num_labels, data) -> None:
     again = trainer.predict(data["test"]).predictions
     if not np.allclose(original, again, atol=1e-5):
         raise RuntimeError("the reloaded adapter does not reproduce the trained model's predictions")
-    files = sorted(os.listdir(adapter_dir))
-    size = os.path.getsize(os.path.join(adapter_dir, "adapter_model.safetensors")) / 1e6
-    print(f"\nsaved {adapter_dir} ({', '.join(files)}; adapter weights {size:.2f} MB) and reloaded it: "
-          "predictions identical")
+    size = (adapter_dir / "adapter_model.safetensors").stat().st_size / 1e6
+    print(f"saved {adapter_dir} (adapter weights {size:.2f} MB) and reloaded it: predictions identical")
+    return adapter_dir
 
 
-def print_table(results: list[RunResult]) -> None:
-    print("\n| method | test accuracy | test macro-F1 | trained params | share | train time (s) |")
-    print("|---|---|---|---|---|---|")
+def table(results: list[RunResult]) -> str:
+    lines = ["| method | learning rate | test accuracy | test macro-F1 | trained params | share | train time (s) |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
-        print(f"| {r.name} | {r.accuracy:.4f} | {r.macro_f1:.4f} | {r.trainable:,} | "
-              f"{100 * r.trainable / r.total:.2f}% | {r.seconds:.0f} |")
+        lines.append(f"| {r.name} | {r.learning_rate:g} | {r.accuracy:.4f} | {r.macro_f1:.4f} | {r.trainable:,} | "
+                     f"{100 * r.trainable / r.total:.2f}% | {r.seconds:.0f} |")
+    return "\n".join(lines)
 
 
-def main(argv=None) -> list[RunResult]:
-    args = parse_args(argv)
+def plot(results: list[RunResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, acc_ax, bar_ax) = plt.subplots(1, 3, figsize=(14, 4))
+    for r in results:
+        losses = [(e["step"], e["loss"]) for e in r.history if "loss" in e]
+        accuracies = [(e["step"], e["eval_accuracy"]) for e in r.history if "eval_accuracy" in e]
+        if losses:
+            loss_ax.plot(*zip(*losses), label=r.name)
+        if accuracies:
+            acc_ax.plot(*zip(*accuracies), marker="o", label=r.name)
+    loss_ax.set(title="training loss", xlabel="step")
+    acc_ax.set(title="validation accuracy", xlabel="step")
+    shares = [100 * r.trainable / r.total for r in results]
+    bar_ax.bar([r.name for r in results], [r.accuracy for r in results])
+    for x, (r, share) in enumerate(zip(results, shares)):
+        bar_ax.text(x, r.accuracy, f"{share:.2f}% trained", ha="center", va="bottom", fontsize=8)
+    bar_ax.set(title="test accuracy (label: trained share)", ylim=(0, 1))
+    loss_ax.legend()
+    acc_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None, parser=None) -> list[RunResult]:
+    parser = parser or build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    quiet(args.verbose)
+
+    import tempfile
+
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .bundled import minilm_path
+
     torch.manual_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     model_path = args.model_path or str(minilm_path())
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     data, num_labels = load_data(args, tokenizer)
     print(f"data: {', '.join(f'{k} {len(v)}' for k, v in data.items())}; model: {model_path}")
+    learning_rate = args.learning_rate or DEFAULT_LEARNING_RATES[args.adapter]
 
-    base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
-    model = get_peft_model(base, ADAPTERS[args.adapter]())
-    model.print_trainable_parameters()
-    trainer, adapter_result = train(args.adapter, model, args, data, tokenizer, args.learning_rate)
-    check_reload(trainer, args, model_path, num_labels, data)
-    results = [adapter_result]
-    if not args.skip_baseline:
-        _, head_result = train("head-only", head_only_model(model_path, num_labels), args, data, tokenizer,
-                               args.head_learning_rate)
-        results.append(head_result)
-    print_table(results)
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".scratch-") as scratch:
+        base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
+        model = get_peft_model(base, adapter_config(args.adapter))
+        trainer, adapter_result = train(args.adapter, model, args, data, tokenizer, learning_rate, Path(scratch))
+        check_reload(trainer, output_dir, model_path, num_labels, data)
+        results = [adapter_result]
+        if not args.skip_baseline:
+            head = head_only_model(model_path, num_labels)
+            head_trainer, head_result = train("head-only", head, args, data, tokenizer, args.head_learning_rate,
+                                              Path(scratch))
+            results.append(head_result)
+            if args.keep_baseline:
+                head_trainer.save_model(str(output_dir / "head-only"))
+
+    (output_dir / "results.json").write_text(json.dumps(
+        {"settings": {k: v for k, v in vars(args).items()}, "runs": [asdict(r) for r in results]}, indent=1))
+    (output_dir / "results.md").write_text(table(results) + "\n")
+    plot(results, output_dir / "results.png")
+    print("\n" + table(results))
+    print(f"\nwrote {output_dir / 'results.json'}, {output_dir / 'results.md'}, {output_dir / 'results.png'} and "
+          f"{output_dir / 'adapter'}")
     return results
 
 

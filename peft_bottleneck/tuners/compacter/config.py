@@ -77,7 +77,7 @@ class CompacterConfig(BottleneckConfig):
         check_number(self, "phm_dim", 1, integer=True)
         check_number(self, "phm_rank", 1, integer=True)
         check_choice(self, "phm_c_init", PHM_C_INITS)
-        check_number(self, "phm_init_range", 0, low_open=True)
+        check_number(self, "phm_init_range", 0, 10, low_open=True)
         check_choice(self, "hypercomplex_nonlinearity", HYPERCOMPLEX_INITS)
         for name in ("shared_phm_rule", "factorized_phm_rule", "factorized_phm_W", "shared_W_phm", "learn_phm",
                      "phm_bias"):

@@ -1,0 +1,81 @@
+"""The main job and the command line as a user meets them: checked arguments, results on disk, nothing kept that is
+not needed, quiet output."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from test_bundled import needs_bundles
+
+from peft_bottleneck.finetune import main
+
+
+def cli(*args, cwd="/"):
+    return subprocess.run([sys.executable, "-m", "peft_bottleneck.finetune", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def test_help_names_the_command():
+    done = cli("--help")
+    assert done.returncode == 0 and done.stdout.startswith("usage: python -m peft_bottleneck.finetune")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data-csv", "/nonexistent.csv"], "--data-csv /nonexistent.csv: no such file"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--epochs", "-1"], "--epochs must be positive"),
+    (["--model-path", "/tmp"], "holds no model"),
+    (["--adapter", "lora"], "invalid choice"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(args, message):
+    done = cli(*args)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"{'python -m peft_bottleneck.finetune'}: error:")
+
+
+def test_a_csv_without_labels_is_refused(tmp_path):
+    csv = tmp_path / "data.csv"
+    csv.write_text("text,stars\nfine,1\n")
+    done = cli("--data-csv", str(csv))
+    assert done.returncode == 2 and "missing ['label']" in done.stderr and "Traceback" not in done.stderr
+
+
+@needs_bundles
+def test_main_job_writes_results_a_plot_and_no_checkpoints(tmp_path):
+    results = main(["--output-dir", str(tmp_path), "--max-train-samples", "64", "--max-eval-samples", "64",
+                    "--epochs", "1", "--batch-size", "16"])
+    assert [r.name for r in results] == ["houlsby", "head-only"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "results.json", "results.md", "results.png"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["name"] for r in saved["runs"]] == ["houlsby", "head-only"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["history"] for r in saved["runs"])
+    assert any("eval_accuracy" in e for e in saved["runs"][0]["history"])
+    assert "| houlsby |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").stat().st_size > 10_000
+
+
+@needs_bundles
+def test_another_adapter_and_data_set_quietly(tmp_path):
+    done = cli("--output-dir", str(tmp_path), "--adapter", "compacter++", "--dataset", "topic", "--max-train-samples",
+               "32", "--max-eval-samples", "32", "--epochs", "1", "--skip-baseline")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "compacter++: test accuracy" in done.stdout
+    for noise in ("LOAD REPORT", "FutureWarning", "pin_memory", "\x1b[A"):
+        assert noise not in done.stdout + done.stderr, noise
+
+
+def test_console_script_has_a_subcommand_per_job():
+    from peft_bottleneck.cli import main as command
+
+    with pytest.raises(SystemExit) as done:
+        command(["--help"])
+    assert done.value.code == 0
+    for sub in (["finetune", "--help"], ["convert", "adapterhub", "--help"]):
+        with pytest.raises(SystemExit) as done:
+            command(sub)
+        assert done.value.code == 0
+    with pytest.raises(SystemExit) as done:
+        command(["nope"])
+    assert done.value.code == 2
