@@ -20,6 +20,7 @@ from .compression import (
     prune_layers,
     set_adapter_drop,
 )
+from .composition import Average, BatchSplit, Fuse, Parallel, Stack, add_fusion, compose, fusion_attention, load_composed
 from .multitask import TaskCollator, TaskMaskedLoss
 from .tuners import (
     AdapterConfigBase,
@@ -49,6 +50,15 @@ __version__ = "0.2.0"
 
 __all__ = [
     "ALLOWED_NON_LINEARITIES",
+    "Average",
+    "BatchSplit",
+    "Fuse",
+    "Parallel",
+    "Stack",
+    "add_fusion",
+    "compose",
+    "fusion_attention",
+    "load_composed",
     "BASE_ROUTE",
     "AdapterConfigBase",
     "AdapterControllerConfig",

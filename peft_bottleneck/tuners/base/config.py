@@ -113,6 +113,11 @@ class TargetingConfig(PeftConfig):
             "was made ({} if unpruned). Loading refuses a base model pruned differently."
         },
     )
+    composition: Optional[dict] = field(
+        default=None,
+        metadata={"help": "Set by compose(): the composition block active when the adapters were saved "
+                  "(restored by load_composed)."},
+    )
     format_version: Optional[int] = field(
         default=None,
         metadata={
@@ -146,6 +151,13 @@ class TargetingConfig(PeftConfig):
         if self.leave_out and self.layers_to_transform is not None:
             raise ValueError("Pass either `layers_to_transform` or `leave_out`, not both.")
         check_bool(self, "inference_mode")
+        if self.composition is not None:
+            from .blocks import from_dict
+
+            try:
+                from_dict(self.composition)
+            except (ValueError, TypeError, KeyError) as error:
+                raise ValueError(f"`composition` is not a composition block: {error}") from None
         if self.layer_map is not None and self.layer_map != "unchecked" and not (
             isinstance(self.layer_map, dict)
             and all(isinstance(k, str) and isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool)
@@ -260,6 +272,11 @@ class AdapterConfigBase(TargetingConfig):
         default=True,
         metadata={"help": "Give the down- and up-projection a bias (LLM-Adapters' adapters have none)."},
     )
+    fusion_of: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Set by add_fusion(): this entry is an AdapterFusion layer over these adapters, not an "
+                  "adapter itself."},
+    )
     input_modules: Optional[list[str]] = field(
         default=None,
         metadata={
@@ -305,6 +322,11 @@ class AdapterConfigBase(TargetingConfig):
         if self.is_parallel and self.original_ln_before:
             raise ValueError("`original_ln_before=True` applies to sequential adapters only (is_parallel=False).")
         check_name_list(self, "input_modules", allow_regex=False)
+        if self.fusion_of is not None and not (isinstance(self.fusion_of, (list, tuple)) and len(self.fusion_of) > 1
+                                               and all(isinstance(n, str) and n for n in self.fusion_of)):
+            raise TypeError(f"`fusion_of` must list at least two adapter names, got {self.fusion_of!r}.")
+        if self.fusion_of is not None:
+            self.fusion_of = list(self.fusion_of)
         if self.input_modules and (self.is_parallel or self.needs_block_context or self.ln_before or self.ln_after
                                    or self.use_gating or self.residual_before_ln is not True):
             raise ValueError("`input_modules` takes sequential adapters with the default wiring only (no "

@@ -27,6 +27,7 @@ from transformers.pytorch_utils import Conv1D
 from ...activations import get_activation
 from .config import AdapterConfigBase
 from .kinds import AdapterKind, Projections, Sizes, kaiming_down_zero_up, kind_of
+from . import blocks
 from .routing import BASE_ROUTE, LiveRows, RouteTable, Routing, RoutingState, stamp
 
 MERGE_ERROR = (
@@ -76,6 +77,10 @@ class AdapterSettings:
     @property
     def non_linearity(self) -> str:
         return self.config.non_linearity
+
+    @property
+    def is_fusion(self) -> bool:
+        return self.kind.name == "fusion"
 
     @property
     def simple(self) -> bool:
@@ -222,13 +227,15 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         that registered them (they are referenced, not registered again); ``on_input``: the adapter transforms the
         module's input."""
         adapter_config = self.kind_config(config)
-        kind = kind_of(adapter_config)
+        kind = FusionKind if getattr(adapter_config, "fusion_of", None) else kind_of(adapter_config)
         routes, tasks = self.routes_for(config, adapter_name)
         sizes = self.adapter_sizes(adapter_config, routes)
         if on_input:
             sizes = Sizes(routes, self.in_features, adapter_config.bottleneck_width(self.in_features),
                           self.in_features)
-        tensors = {**kind.create(adapter_config, sizes), **self._extra_tensors(adapter_config, sizes)}
+        tensors = kind.create(adapter_config, sizes)
+        if kind is not FusionKind:
+            tensors.update(self._extra_tensors(adapter_config, sizes))
         kind.reset(tensors, adapter_config, adapter_config.init_weights)
         for tensor, value in tensors.items():
             self.container(tensor)[adapter_name] = nn.Parameter(value)
@@ -386,12 +393,15 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
 
     def _adapt(self, h, parallel_input, residual, routing: Optional[Routing], on_input: bool) -> torch.Tensor:
         """``h`` through the adapters on this side of the module (its input or its output)."""
+        composition = self.routing_state.composition
+        if composition is not None and not on_input:
+            return self._composed(composition, h, parallel_input, residual, routing)
         if routing is not None and routing.adapters is not None:
             return self._mixed_forward(h, parallel_input, residual, routing, on_input)
         last = None
         for adapter_name in self.active_adapters:  # several active adapters apply in turn (a Stack)
             settings = self.settings.get(adapter_name)
-            if settings is not None and settings.on_input == on_input:
+            if settings is not None and settings.on_input == on_input and not settings.is_fusion:
                 h = self._apply_adapter(adapter_name, h, parallel_input, residual, routing)
                 last = settings
         if last is not None and not last.config.original_ln_after:
@@ -438,7 +448,8 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
 
         Adapters wired differently (e.g. Houlsby and Pfeiffer, sequential and parallel) share a batch: each of the
         few distinct wirings is computed for the whole batch and kept for its own examples."""
-        present = [n for n in routing.adapters if n in self.settings and self.settings[n].on_input == on_input]
+        present = [n for n in routing.adapters if n in self.settings and self.settings[n].on_input == on_input
+                   and not self.settings[n].is_fusion]
         if not present:
             return result
         examples = routing.adapter_rows(result.shape[0], result.device)
@@ -460,6 +471,66 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             keep_own = ~self._example_mask(routing, examples, skipped, out.dim())
             return self._skip_block_residual(out, residual, self.settings[skipped[0]], keep_own=keep_own)
         return out
+
+    # -- composition (blocks.py) ----------------------------------------------------------------------------
+
+    def _composed(self, block, h, parallel_input, residual, routing) -> torch.Tensor:
+        out = self._evaluate(block, h, parallel_input, residual, routing)
+        last = self.settings.get(_last_leaf(block))
+        if last is not None and not last.config.original_ln_after:
+            out = self._skip_block_residual(out, residual, last, keep_own=None)
+        return out
+
+    def _evaluate(self, block, h, parallel_input, residual, routing) -> torch.Tensor:
+        """A composition tree on the module's output ``h`` (a layer without one of its adapters passes ``h`` on)."""
+        if isinstance(block, str):
+            if block not in self.settings:
+                return h
+            return self._apply_adapter(block, h, parallel_input, residual, routing)
+        if isinstance(block, blocks.Stack):
+            for child in block.children:
+                h = self._evaluate(child, h, parallel_input, residual, routing)
+            return h
+        if isinstance(block, blocks.Average):
+            return sum(w * self._evaluate(c, h, parallel_input, residual, routing)
+                       for w, c in zip(block.weights, block.children))
+        if isinstance(block, blocks.Fuse):
+            return self._fuse(block, h, parallel_input, residual, routing)
+        sizes = block.batch_sizes if isinstance(block, blocks.BatchSplit) else None
+        if sizes is None:  # Parallel: the model's inputs were replicated once per child
+            copies = len(block.children)
+            if h.shape[0] % copies:
+                raise ValueError(f"{block!r} needs the batch replicated {copies} times; run it through the PeftModel.")
+            sizes = [h.shape[0] // copies] * copies
+        if sum(sizes) != h.shape[0]:
+            raise ValueError(f"{block!r} splits {sum(sizes)} examples, but the batch has {h.shape[0]}.")
+        if all(isinstance(c, str) for c in block.children):  # per-example routing: one batched computation
+            codes = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+            split = Routing(tuple(block.children), codes, *(() if routing is None else (routing.tasks,
+                                                                                        routing.task_codes)))
+            return self._mixed_forward(h, parallel_input, residual, split, on_input=False)
+        parts, start = [], 0
+        for child, size in zip(block.children, sizes):  # the block's few children, never the examples
+            piece = slice(start, start + size)
+            parts.append(self._evaluate(child, h[piece], parallel_input[piece],
+                                        None if residual is None else residual[piece], None))
+            start += size
+        return torch.cat(parts)
+
+    def _fuse(self, block, h, parallel_input, residual, routing) -> torch.Tensor:
+        """AdapterFusion: ``h + sum_i softmax_i(q . k_i) v_i`` over the children's scaled outputs ``u_i``."""
+        fusion = self.settings.get(block.name)
+        names = [n for n in block.children if n in self.settings]
+        if fusion is None or len(names) < len(block.children):
+            return h  # a layer without this fusion (or its adapters) passes the output on
+        outputs = torch.stack([self._apply_adapter(n, h, parallel_input, residual, routing) - h for n in names], -2)
+        t = {k: v[0] for k, v in self.tensors_of(block.name).items()}
+        query = F.linear(h, t["fusion_query_weight"].to(h.dtype), t["fusion_query_bias"].to(h.dtype))
+        keys = F.linear(outputs, t["fusion_key_weight"].to(h.dtype), t["fusion_key_bias"].to(h.dtype))
+        values = F.linear(outputs, t["fusion_value_weight"].to(h.dtype))
+        attention = torch.softmax((query.unsqueeze(-2) * keys).sum(-1), dim=-1)
+        self.__dict__["last_fusion_attention"] = attention.detach().reshape(-1, attention.shape[-1]).mean(0)
+        return h + (attention.unsqueeze(-1) * values).sum(-2)
 
     @staticmethod
     def _example_mask(routing: Routing, examples: torch.Tensor, names, dims: int) -> torch.Tensor:
@@ -549,6 +620,40 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
 
     def __repr__(self) -> str:
         return f"{self.adapter_kind.lower()}." + super().__repr__()
+
+
+def _last_leaf(block):
+    if isinstance(block, str):
+        return block
+    return _last_leaf(block.children[-1])
+
+
+class FusionKind(AdapterKind):
+    """An AdapterFusion entry (``fusion_of``): query, key and value maps over the hidden size, one route."""
+
+    name = "fusion"
+    tensors = ("fusion_query_weight", "fusion_query_bias", "fusion_key_weight", "fusion_key_bias",
+               "fusion_value_weight")
+
+    @classmethod
+    def create(cls, config, sizes: Sizes) -> dict[str, torch.Tensor]:
+        d = sizes.out_features
+        return {"fusion_query_weight": torch.empty(1, d, d), "fusion_query_bias": torch.zeros(1, d),
+                "fusion_key_weight": torch.empty(1, d, d), "fusion_key_bias": torch.zeros(1, d),
+                "fusion_value_weight": torch.empty(1, d, d)}
+
+    @classmethod
+    def reset(cls, tensors, config, init_weights) -> None:
+        with torch.no_grad():
+            nn.init.normal_(tensors["fusion_query_weight"], std=0.02)  # AdapterHub's BERT-style init
+            nn.init.normal_(tensors["fusion_key_weight"], std=0.02)
+            tensors["fusion_value_weight"].copy_(torch.eye(tensors["fusion_value_weight"].shape[-1]).unsqueeze(0))
+            nn.init.zeros_(tensors["fusion_query_bias"])
+            nn.init.zeros_(tensors["fusion_key_bias"])
+
+    @classmethod
+    def projections(cls, tensors):
+        raise TypeError("A fusion entry has no projections of its own; it runs through Fuse(...).")
 
 
 def _broadcast(value: torch.Tensor, like: torch.Tensor, per_example: bool) -> torch.Tensor:

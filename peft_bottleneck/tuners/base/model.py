@@ -71,6 +71,11 @@ class AdapterTuner(BaseTuner):
         super()._check_new_adapter_config(config)
         name = next((n for n, c in self.peft_config.items() if c is config), None)
         check_adapter_name(name)
+        fused = getattr(config, "fusion_of", None)
+        missing = [n for n in fused or () if n not in self.peft_config or n == name]
+        if missing:
+            raise ValueError(f"Fusion {name!r} fuses adapters the model does not have: {missing} (it has "
+                             f"{sorted(n for n in self.peft_config if n != name)}); load them first.")
         for check in NEW_ADAPTER_CHECKS:
             check(config, self.model)
 
@@ -277,11 +282,24 @@ class AdapterTuner(BaseTuner):
 
     def forward(self, *args, task=None, adapter_names=None, **kwargs):
         with self.routed(adapter_names, task, kwargs):
-            return self.model(*args, **kwargs)
+            return self.model(*args, **self._replicated(kwargs))
 
     def generate(self, *args, task=None, adapter_names=None, **kwargs):
         with self.routed(adapter_names, task, kwargs, repeat=_generation_repeat(self.model, kwargs)):
-            return self.model.generate(*args, **kwargs)
+            return self.model.generate(*args, **self._replicated(kwargs))
+
+    def _replicated(self, inputs: dict) -> dict:
+        """A Parallel composition runs each child on its own copy of the batch: the inputs, copied in order."""
+        from .blocks import parallel_copies
+
+        copies = parallel_copies(self.routing_state.composition)
+        if copies == 1:
+            return inputs
+        batch = _batch_size(inputs)
+        if batch is None:
+            raise ValueError("A Parallel composition needs the batch as keyword inputs (input_ids=..., ...).")
+        return {k: v.repeat(copies, *([1] * (v.dim() - 1))) if torch.is_tensor(v) and v.dim() > 0 and
+                v.shape[0] == batch else v for k, v in inputs.items()}
 
     @contextmanager
     def routed(self, adapter_names, task, inputs: dict, repeat: int = 1):
@@ -308,6 +326,9 @@ class AdapterTuner(BaseTuner):
 
     def routing_for(self, adapter_names, task, batch_size: Optional[int]) -> Optional[Routing]:
         adapters = codes = None
+        if adapter_names is not None and self.routing_state.composition is not None:
+            raise ValueError("`adapter_names` routes single adapters per example and cannot be combined with an "
+                             "active composition; express it as BatchSplit(...) or call compose(model, None).")
         if adapter_names is not None:
             if self.training:
                 raise ValueError(

@@ -131,6 +131,7 @@ class RoutingState:
     """The one mutable place a model's adapted layers read the current routing from (shared by all of them)."""
 
     routing: Optional[Routing] = None
+    composition: Optional[object] = None  # a composition block (see blocks.py), set by compose()
     depth: int = 0  # nesting of routed calls in progress (PeftModel's hook around the tuner's forward)
 
 
@@ -213,7 +214,7 @@ class RouteTable(_Rows):
                 and self.route_count.get(name, routes) == routes)
 
     def rebuild(self, layer) -> None:
-        every = {name: layer.route_columns(name) for name in layer.settings}
+        every = {name: layer.route_columns(name) for name, s in layer.settings.items() if not s.is_fusion}
         self.__init__()
         if not every:
             return
