@@ -75,9 +75,9 @@ def add_fusion(model, fuse: Fuse, *, query_before_ln: bool = False) -> str:
                                if f.name not in ("peft_type", "composition", "layer_map")}, "fusion_of": fuse.leaves()})
     config.inference_mode = False
     model.add_adapter(fuse.name, config)
-    for name in tuner.peft_config:
-        tuner.set_requires_grad(name, requires_grad=name == fuse.name)
-    tuner.active_adapter = fuse.name  # what PEFT trains and reports; the forward follows the composition
+    # PEFT's active adapter: only the fusion (and its own modules_to_save copy, e.g. a fresh head) trains; the
+    # forward follows the composition
+    model.set_adapter(fuse.name)
     compose(model, fuse)
     return fuse.name
 
@@ -103,7 +103,11 @@ def load_composed(base_model, path, **kwargs):
         model.load_adapter(str(folder), adapter_name=name)
     spec = next((c.composition for c in configs.values() if getattr(c, "composition", None)), None)
     if spec is not None:
-        compose(model, from_dict(spec))
+        block = from_dict(spec)
+        # a head trained with the composition (modules_to_save) belongs to its fusion, else to its last adapter
+        fuses = _fuses(block)
+        model.set_adapter(fuses[-1].name if fuses else block.leaves()[-1])
+        compose(model, block)
     return model
 
 
