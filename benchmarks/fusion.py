@@ -7,7 +7,7 @@ The bundled MiniLM-L6; per seed: a Houlsby adapter trained on Rotten Tomatoes se
 with its own head), then (a) a Fuse("sentiment", "topic") fusion trained for sentiment with a fresh head, both
 adapters frozen, and (b) Average("sentiment", "topic") with the sentiment head (nothing trained). Test accuracy on
 sentiment for the sentiment adapter alone, the fusion and the average, and the fusion's attention weights per layer
-(mean over the test set), as JSON and a plot.
+(mean over the last test batch), as JSON and a plot.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def main(argv=None):
     parser.add_argument("--output", default="benchmarks/results/fusion_minilm.json")
     args = parser.parse_args(argv)
     if args.quick:
-        args.train_samples, args.eval_samples, args.epochs = 64, 64, 1
+        args.train_samples, args.eval_samples, args.epochs = min(args.train_samples, 64), min(args.eval_samples, 64), 1
 
     import transformers
     from transformers import AutoTokenizer

@@ -132,9 +132,11 @@ def print_tables(ours: dict, peer: dict | None, args, shape: str) -> None:
     print("|---|---|---|---|---|---|---|---|")
     base = ours["base"]
     for name, r in ours.items():
+        memory = (f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / base['peak_rss_mb']:.3f}"
+                  if "peak_rss_mb" in r and "peak_rss_mb" in base else "- | -")
         print(f"| {name} | {r['forward_s']:.3f} | {r['forward_s'] / base['forward_s']:.3f} | "
-              f"{r['train_step_s']:.3f} | {r['train_step_s'] / base['train_step_s']:.3f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['peak_rss_mb'] / base['peak_rss_mb']:.3f} | {r['trainable_params']:,} |")
+              f"{r['train_step_s']:.3f} | {r['train_step_s'] / base['train_step_s']:.3f} | {memory} | "
+              f"{r['trainable_params']:,} |")
     for name in ("compacter", "compacter++"):
         houlsby_like = "houlsby" if name == "compacter" else "pfeiffer"
         print(f"{name}: train step {ours[name]['train_step_s'] / ours[houlsby_like]['train_step_s']:.3f}x "
@@ -169,6 +171,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--adapterhub-python", default=None, help="python of a venv with AdapterHub `adapters`")
+    parser.add_argument("--memory-variants", nargs="*", default=None,
+                        help="variants whose peak memory is probed, each in a process of its own (default: all)")
     parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # internal: one memory probe
     parser.add_argument("--output", default=None, help="write the figures as JSON")
     args = parser.parse_args(argv)
@@ -182,7 +186,8 @@ def main(argv=None):
         return
     names = list(variant_configs(args.model))
     ours = measure({name: build(name, base, args.model) for name in names}, batch_for(base, args), args.rounds)
-    for name in names:
+    probed = names if args.memory_variants is None else [n for n in names if n in args.memory_variants]
+    for name in probed:
         ours[name].update(our_memory(name, args))
     peer = None
     if args.adapterhub_python:

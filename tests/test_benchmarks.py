@@ -19,13 +19,29 @@ def run(script, *args, cwd):
     return done.stdout
 
 
-@pytest.mark.parametrize("model", ["bert-base", "smollm2"])
-def test_speed_quick(model, tmp_path):
+@pytest.mark.parametrize("model, probed", [("bert-base", ["base", "houlsby"]), ("smollm2", [])])
+def test_speed_quick(model, probed, tmp_path):
     out = run("speed.py", "--quick", "--model", model, "--rounds", "1", "--output", str(tmp_path / "s.json"),
-              cwd=tmp_path)
+              "--memory-variants", *probed, cwd=tmp_path)
     saved = json.loads((tmp_path / "s.json").read_text())
-    assert set(saved["ours"]) >= {"base", "houlsby", "compacter"} and saved["ours"]["houlsby"]["peak_rss_mb"] > 0
+    assert set(saved["ours"]) >= {"base", "houlsby", "compacter"}
+    assert all(saved["ours"][n]["peak_rss_mb"] > 0 for n in probed)
     assert "| houlsby |" in out
+
+
+def test_routing_scale_and_composition_speed_quick(tmp_path):
+    out = run("routing_scale.py", "--quick", "--variants", "ours", "--output", str(tmp_path / "r.json"), cwd=tmp_path)
+    assert "| 16 | 4 |" in out and json.loads((tmp_path / "r.json").read_text())["results"]["ours"]["add_seconds"]
+    out = run("composition_speed.py", "--quick", "--output", str(tmp_path / "c.json"), cwd=tmp_path)
+    assert "| fuse4 |" in out and "Stack of 2 adds" in out
+
+
+@needs_bundles
+def test_fusion_quick(tmp_path):
+    run("fusion.py", "--quick", "--seeds", "0", "--train-samples", "32", "--eval-samples", "32",
+        "--output", str(tmp_path / "f.json"), cwd=tmp_path)
+    saved = json.loads((tmp_path / "f.json").read_text())
+    assert {"sentiment_alone", "fusion", "average"} <= set(saved["runs"][0]) and (tmp_path / "f.png").exists()
 
 
 @needs_bundles

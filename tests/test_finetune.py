@@ -16,7 +16,19 @@ def cli(*args, cwd="/"):
                           cwd=cwd, timeout=600)
 
 
-def test_help_names_the_command():
+def fails_with(args, capsys):
+    """Run the main job in this process with arguments it must refuse: argparse's exit code and message."""
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    return done.value.code, capsys.readouterr().err
+
+
+def test_help_names_the_command(capsys):
+    code, _ = fails_with(["--help"], capsys)
+    assert code == 0
+
+
+def test_help_in_a_process_of_its_own():
     done = cli("--help")
     assert done.returncode == 0 and done.stdout.startswith("usage: python -m peft_bottleneck.finetune")
 
@@ -28,18 +40,17 @@ def test_help_names_the_command():
     (["--model-path", "/tmp"], "holds no model"),
     (["--adapter", "lora"], "invalid choice"),
 ])
-def test_bad_arguments_are_one_line_and_exit_2(args, message):
-    done = cli(*args)
-    assert done.returncode == 2
-    assert message in done.stderr and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith(f"{'python -m peft_bottleneck.finetune'}: error:")
+def test_bad_arguments_are_one_line_and_exit_2(args, message, capsys):
+    code, err = fails_with(args, capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("python -m peft_bottleneck.finetune: error:")
 
 
-def test_a_csv_without_labels_is_refused(tmp_path):
+def test_a_csv_without_labels_is_refused(tmp_path, capsys):
     csv = tmp_path / "data.csv"
     csv.write_text("text,stars\nfine,1\n")
-    done = cli("--data-csv", str(csv))
-    assert done.returncode == 2 and "missing ['label']" in done.stderr and "Traceback" not in done.stderr
+    code, err = fails_with(["--data-csv", str(csv)], capsys)
+    assert code == 2 and "missing ['label']" in err
 
 
 @needs_bundles
