@@ -56,8 +56,14 @@ class AdapterKind:
         raise NotImplementedError
 
     @classmethod
-    def create_shared(cls, config, device) -> dict[str, torch.Tensor]:
-        """Model-wide tensors for one adapter (empty for kinds without any)."""
+    def has_shared(cls, config) -> bool:
+        """Whether adapters of this config have model-wide tensors."""
+        return bool(cls.shared)
+
+    @classmethod
+    def create_shared(cls, config, sizes: Sizes) -> dict[str, torch.Tensor]:
+        """Model-wide tensors for one adapter, made (and registered) by the first layer that gets the adapter;
+        empty for kinds without any."""
         return {}
 
     @classmethod

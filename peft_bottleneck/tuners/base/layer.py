@@ -169,7 +169,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: AdapterConfigBase, *,
                  routing_state: Optional[RoutingState] = None, context: Optional[BlockContext] = None,
-                 shared: Optional[dict] = None, shared_owner: Optional[nn.Module] = None, **kwargs) -> None:
+                 shared_owner: Optional[nn.Module] = None, **kwargs) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.adapter_layer_names: tuple[str, ...] = ()
@@ -185,7 +185,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         self.merged_adapters = []
         self.in_features, self.out_features = projection_dims(self.get_base_layer())
         self._active_adapter = adapter_name
-        self.update_layer(adapter_name, config, shared=shared, shared_owner=shared_owner, **kwargs)
+        self.update_layer(adapter_name, config, shared_owner=shared_owner, **kwargs)
 
     # -- construction -------------------------------------------------------------------------------------------
 
@@ -221,11 +221,11 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         """The adapter config this layer builds from (the controller nests it)."""
         return config
 
-    def update_layer(self, adapter_name: str, config, *, shared: Optional[dict] = None,
-                     shared_owner: Optional[nn.Module] = None, on_input: bool = False, **kwargs) -> None:
-        """Add an adapter. ``shared``: model-wide tensors of its kind to register here; ``shared_owner``: the layer
-        that registered them (they are referenced, not registered again); ``on_input``: the adapter transforms the
-        module's input."""
+    def update_layer(self, adapter_name: str, config, *, shared_owner: Optional[nn.Module] = None,
+                     on_input: bool = False, **kwargs) -> None:
+        """Add an adapter. ``shared_owner``: the layer that holds the adapter's model-wide tensors (they are
+        referenced, not made again; without it this layer makes and registers them); ``on_input``: the adapter
+        transforms the module's input."""
         adapter_config = self.kind_config(config)
         kind = FusionKind if getattr(adapter_config, "fusion_of", None) else kind_of(adapter_config)
         routes, tasks = self.routes_for(config, adapter_name)
@@ -239,9 +239,10 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         kind.reset(tensors, adapter_config, adapter_config.init_weights)
         for tensor, value in tensors.items():
             self.container(tensor)[adapter_name] = nn.Parameter(value)
-        for tensor, value in (shared or {}).items():
-            self.container(tensor)[adapter_name] = value
-        for tensor in (kind.shared if shared_owner is not None else ()):
+        if shared_owner is None:
+            for tensor, value in kind.create_shared(adapter_config, sizes).items():
+                self.container(tensor)[adapter_name] = nn.Parameter(value)
+        for tensor in (kind.shared if shared_owner is not None and kind.has_shared(adapter_config) else ()):
             if adapter_name in shared_owner.container(tensor):
                 self.shared_refs[(tensor, adapter_name)] = shared_owner
         if not getattr(adapter_config, "learn_phm", True):

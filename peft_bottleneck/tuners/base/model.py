@@ -120,19 +120,14 @@ class AdapterTuner(BaseTuner):
         return self.tuner_layer_cls
 
     def layer_kwargs(self, peft_config, adapter_name: str, current_key: str) -> dict:
-        """Whether the adapter at ``current_key`` transforms the module's input; the model-wide tensors of its kind
-        for the first layer that gets the adapter (it registers them), the layer that holds them for every other."""
+        """Whether the adapter at ``current_key`` transforms the module's input; for every layer after the first that
+        gets the adapter, the layer holding its kind's model-wide tensors."""
         config = self.adapter_config(peft_config)
         kwargs = {"on_input": _matches(current_key, config.input_modules)}
-        kind = kind_of(config)
-        if not kind.shared:
+        if not kind_of_layer_shares(config):
             return kwargs
         owner = self._shared.get(adapter_name)
-        if owner is not None:
-            return {**kwargs, "shared_owner": owner}
-        device = next(self.model.parameters()).device
-        tensors = kind.create_shared(config, device)
-        return {**kwargs, "shared": {k: torch.nn.Parameter(v) for k, v in tensors.items()}}
+        return {**kwargs, "shared_owner": owner} if owner is not None else kwargs
 
     def _attach_context(self, context: BlockContext, peft_config, current_key: str) -> None:
         config = self.adapter_config(peft_config)
@@ -165,8 +160,8 @@ class AdapterTuner(BaseTuner):
                 context.detach()
                 raise
             self._replace_module(parent, target_name, new_module, target)
-        if kwargs.get("shared"):
-            self._shared[adapter_name] = new_module  # the layer that registered the shared tensors
+        if kind_of_layer_shares(self.adapter_config(peft_config)) and adapter_name not in self._shared:
+            self._shared[adapter_name] = new_module  # the layer that made and registered the shared tensors
         self._targets.setdefault(adapter_name, (None, []))[1].append(current_key)
 
     def _replace_module(self, parent, child_name, new_module, child) -> None:
@@ -449,6 +444,10 @@ def check_adapter_state_dict(model, config, adapter_name: str, state_dict: dict)
                         "them would overwrite weights outside the adapter")
     if problems:
         raise ValueError(f"The weights of adapter {adapter_name!r} do not fit the model: " + "; ".join(problems) + ".")
+
+
+def kind_of_layer_shares(config) -> bool:
+    return not getattr(config, "fusion_of", None) and kind_of(config).has_shared(config)
 
 
 def _matches(key: str, names) -> bool:

@@ -42,10 +42,12 @@ class PHMKind(AdapterKind):
         return tensors
 
     @classmethod
-    def create_shared(cls, config: CompacterConfig, device) -> dict[str, torch.Tensor]:
-        if not config.shared_phm_rule:
-            return {}
-        return {k: v.to(device) for k, v in cls._rule_tensors(config, ()).items()}
+    def has_shared(cls, config) -> bool:
+        return config.shared_phm_rule
+
+    @classmethod
+    def create_shared(cls, config: CompacterConfig, sizes: Sizes) -> dict[str, torch.Tensor]:
+        return cls._rule_tensors(config, ()) if config.shared_phm_rule else {}
 
     @staticmethod
     def _rule_tensors(config: CompacterConfig, lead: tuple) -> dict[str, torch.Tensor]:
