@@ -4,6 +4,8 @@ from .base import AdapterConfigBase, AdapterLayer, AdapterTuner, TargetingConfig
 from .bottleneck import BottleneckConfig, BottleneckLayer, BottleneckModel
 from .compacter import CompacterConfig, CompacterLayer, CompacterModel
 from .controller import AdapterControllerConfig, AdapterControllerModel
+from .hyper import HyperAdapterConfig, HyperAdapterModel
+from .low_rank import LowRankConfig, LowRankModel
 from .output_adapter import OutputAdapterConfig, OutputAdapterLayer, OutputAdapterModel
 from .parallel import ParallelAdapterConfig, ParallelAdapterLayer, ParallelAdapterModel
 
@@ -19,6 +21,10 @@ __all__ = [
     "CompacterConfig",
     "CompacterLayer",
     "CompacterModel",
+    "HyperAdapterConfig",
+    "HyperAdapterModel",
+    "LowRankConfig",
+    "LowRankModel",
     "OutputAdapterConfig",
     "OutputAdapterLayer",
     "OutputAdapterModel",

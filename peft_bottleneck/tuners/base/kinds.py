@@ -61,6 +61,10 @@ class AdapterKind:
         return bool(cls.shared)
 
     @classmethod
+    def check_shared(cls, shared: dict, sizes: Sizes) -> None:
+        """Raise if a layer of these sizes cannot use the model-wide tensors another layer made."""
+
+    @classmethod
     def create_shared(cls, config, sizes: Sizes) -> dict[str, torch.Tensor]:
         """Model-wide tensors for one adapter, made (and registered) by the first layer that gets the adapter;
         empty for kinds without any."""

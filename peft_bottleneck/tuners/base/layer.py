@@ -242,8 +242,11 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         if shared_owner is None:
             for tensor, value in kind.create_shared(adapter_config, sizes).items():
                 self.container(tensor)[adapter_name] = nn.Parameter(value)
-        for tensor in (kind.shared if shared_owner is not None and kind.has_shared(adapter_config) else ()):
-            if adapter_name in shared_owner.container(tensor):
+        if shared_owner is not None and kind.has_shared(adapter_config):
+            shared = {t: shared_owner.container(t)[adapter_name] for t in kind.shared
+                      if adapter_name in shared_owner.container(t)}
+            kind.check_shared(shared, sizes)
+            for tensor in shared:
                 self.shared_refs[(tensor, adapter_name)] = shared_owner
         if not getattr(adapter_config, "learn_phm", True):
             # per-instance copy: the class attribute is a shared default
