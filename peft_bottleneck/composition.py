@@ -19,7 +19,11 @@ module's output:
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Optional
+
+from peft import PeftConfig, PeftModel
 
 from .tuners.base.blocks import Average, BatchSplit, Block, Fuse, Parallel, Stack, from_dict, parallel_copies
 
@@ -69,8 +73,6 @@ def add_fusion(model, fuse: Fuse, *, query_before_ln: bool = False) -> str:
     if missing:
         raise ValueError(f"Fuse names adapters the model does not have: {missing}; it has {sorted(tuner.peft_config)}.")
     first = tuner.peft_config[fuse.leaves()[0]]
-    import dataclasses
-
     config = type(first)(**{**{f.name: getattr(first, f.name) for f in dataclasses.fields(first)
                                if f.name not in ("peft_type", "composition", "layer_map")}, "fusion_of": fuse.leaves()})
     config.inference_mode = False
@@ -86,10 +88,6 @@ def load_composed(base_model, path, **kwargs):
     """Load every adapter saved in ``path`` (the default one at the top, the others in their sub-folders, as
     ``save_pretrained`` writes them) and restore the composition that was active when they were saved: the one call
     that brings a composed model back. Fusions load after the adapters they fuse."""
-    from pathlib import Path
-
-    from peft import PeftConfig, PeftModel
-
     path = Path(path)
     entries = [("default", path)] if (path / "adapter_config.json").is_file() else []
     entries += [(p.name, p) for p in sorted(path.iterdir()) if (p / "adapter_config.json").is_file()]
