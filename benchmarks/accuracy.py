@@ -35,7 +35,7 @@ from transformers import (  # noqa: E402
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from peft_bottleneck import BottleneckConfig, CompacterConfig, ParallelAdapterConfig  # noqa: E402
+from peft_bottleneck import BottleneckConfig, CompacterConfig, LowRankConfig, ParallelAdapterConfig  # noqa: E402
 from peft_bottleneck.bundled import minilm_path, sentiment_splits, topic_splits  # noqa: E402
 from peft_bottleneck.metrics import load_classification_metric  # noqa: E402
 
@@ -54,10 +54,12 @@ METHODS = {
     "parallel": (lambda: ParallelAdapterConfig(task_type="SEQ_CLS"), (1e-3, 3e-3)),
     "compacter": (lambda: CompacterConfig(task_type="SEQ_CLS"), (3e-3, 1e-2)),
     "compacter++": (lambda: CompacterConfig(task_type="SEQ_CLS", placement="pfeiffer"), (3e-3, 1e-2)),
+    "low-rank": (lambda: LowRankConfig(task_type="SEQ_CLS"), (3e-3, 1e-2)),
     "lora": (lambda: LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16), (1e-3, 3e-3)),
 }
 LABELS = {"full": "full fine-tuning", "head-only": "head only", "houlsby": "Houlsby", "pfeiffer": "Pfeiffer",
-          "parallel": "parallel", "compacter": "Compacter", "compacter++": "Compacter++", "lora": "PEFT LoRA r8"}
+          "parallel": "parallel", "compacter": "Compacter", "compacter++": "Compacter++",
+          "low-rank": "low-rank (r=1)", "lora": "PEFT LoRA r8"}
 
 
 def build_model(method: str, num_labels: int):

@@ -1,7 +1,7 @@
 """One MiniLM backbone, one task-routed controller trained on mixed batches of two real tasks, against separate
 single-task adapters.
 
-    python benchmarks/multitask.py                 # 3 seeds, masked and joint-softmax losses (about 25 min)
+    python benchmarks/multitask.py                 # 3 seeds; Houlsby routes (masked and joint losses), hypernetwork
     python benchmarks/multitask.py --seeds 0 --losses masked --train-per-task 200 --epochs 1   # smoke run
 
 Tasks: Rotten Tomatoes sentiment (2 classes) and BBC News topics (5 classes). The controller model has one
@@ -9,8 +9,11 @@ Tasks: Rotten Tomatoes sentiment (2 classes) and BBC News topics (5 classes). Th
 both tasks and the `task` column routes every example to its adapter. A prediction is the argmax over its task's
 labels. Loss ``masked`` (``TaskMaskedLoss``): each example's softmax covers its own task's labels only;
 ``joint``: one softmax over all 7 (each task's examples push the other task's classes down). The baselines train
-one Houlsby adapter and head per task. Same rate, epochs, batch size and training examples for all. Accuracy on
-each task's held-out test split, per seed and as the mean over seeds.
+one Houlsby adapter and head per task. ``--controller-adapters`` picks the controller's kind: ``houlsby`` (one
+adapter route per task) and ``hyper`` (hyperformer: one shared hypernetwork generates every layer's adapter from a
+task embedding; masked loss only). Same rate, epochs, batch size and training examples for all. Accuracy on each
+task's held-out test split, per seed and as the mean over seeds; trainable parameters in all and the cost of one
+more task (``add_task`` after training: the trainable parameters it adds).
 """
 
 from __future__ import annotations
@@ -34,9 +37,16 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from peft_bottleneck import AdapterControllerConfig, BottleneckConfig, TaskCollator, TaskMaskedLoss  # noqa: E402
+from peft_bottleneck import (  # noqa: E402
+    AdapterControllerConfig,
+    BottleneckConfig,
+    HyperAdapterConfig,
+    TaskCollator,
+    TaskMaskedLoss,
+)
 from peft_bottleneck.bundled import minilm_path, sentiment_splits, topic_splits  # noqa: E402
 
+CONTROLLER_ADAPTERS = {"houlsby": BottleneckConfig, "hyper": HyperAdapterConfig}
 TASKS = {"sentiment": (sentiment_splits, 0, 2), "topic": (topic_splits, 2, 5)}  # loader, label offset, classes
 
 
@@ -64,10 +74,14 @@ def accuracy(logits, labels):
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
 
 
-def run_controller(args, tokenizer, data, seed, loss):
+def trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def run_controller(args, tokenizer, data, seed, loss, adapter="houlsby"):
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=7)
-    model = get_peft_model(model, AdapterControllerConfig(tasks=list(TASKS), adapter=BottleneckConfig(),
+    model = get_peft_model(model, AdapterControllerConfig(tasks=list(TASKS), adapter=CONTROLLER_ADAPTERS[adapter](),
                                                           task_type="SEQ_CLS"))
     train = concatenate_datasets([d["train"] for d in data.values()]).shuffle(seed=seed)
     train = train.remove_columns("label").rename_column("joint_label", "labels")
@@ -83,8 +97,9 @@ def run_controller(args, tokenizer, data, seed, loss):
         test = data[task]["test"].remove_columns("joint_label").rename_column("label", "labels")
         logits = trainer.predict(test).predictions[:, offset : offset + classes]  # the task's own labels
         results[task] = accuracy(logits, np.array(test["labels"]))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"accuracy": results, "seconds": seconds, "trainable": trainable}
+    total = trainable(model)
+    model.base_model.add_task("one_more")
+    return {"accuracy": results, "seconds": seconds, "trainable": total, "per_added_task": trainable(model) - total}
 
 
 def run_single(args, tokenizer, data, task, seed):
@@ -100,9 +115,13 @@ def run_single(args, tokenizer, data, task, seed):
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"accuracy": accuracy(trainer.predict(test).predictions, np.array(test["labels"])), "seconds": seconds,
-            "trainable": trainable}
+            "trainable": trainable(model)}
+
+
+def controller_variants(args) -> list:
+    """(adapter, loss) pairs: every loss for Houlsby routes, the masked loss for the other kinds."""
+    return [(a, loss) for a in args.controller_adapters for loss in args.losses if a == "houlsby" or loss == "masked"]
 
 
 def mean(values) -> float:
@@ -117,6 +136,8 @@ def main(argv=None):
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--losses", nargs="+", choices=["masked", "joint"], default=["masked", "joint"])
+    parser.add_argument("--controller-adapters", nargs="+", choices=sorted(CONTROLLER_ADAPTERS),
+                        default=["houlsby", "hyper"])
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--skip-single", action="store_true", help="train only the controller")
     parser.add_argument("--output-dir", default="outputs/multitask")
@@ -126,8 +147,9 @@ def main(argv=None):
     runs = []
     for seed in args.seeds:
         data = load(tokenizer, args, seed)
-        run = {"seed": seed, "controller": {loss: run_controller(args, tokenizer, data, seed, loss)
-                                            for loss in args.losses}}
+        run = {"seed": seed, "controller": {f"{adapter}, {loss} loss": run_controller(args, tokenizer, data, seed,
+                                                                                     loss, adapter)
+                                            for adapter, loss in controller_variants(args)}}
         if not args.skip_single:
             run["single"] = {task: run_single(args, tokenizer, data, task, seed) for task in TASKS}
         runs.append(run)
@@ -135,15 +157,22 @@ def main(argv=None):
 
     print(f"\nMiniLM-L6, {args.train_per_task} training examples per task, {args.epochs:g} epochs, lr "
           f"{args.learning_rate}, seeds {args.seeds}; test accuracy, mean over seeds (per seed in brackets)")
-    columns = [f"controller, {loss} loss" for loss in args.losses] + ([] if args.skip_single else ["single-task"])
+    variants = [f"{adapter}, {loss} loss" for adapter, loss in controller_variants(args)]
+    columns = [f"controller ({v})" for v in variants] + ([] if args.skip_single else ["single-task"])
     print("| task | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for task in TASKS:
-        cells = [[r["controller"][loss]["accuracy"][task] for r in runs] for loss in args.losses]
+        cells = [[r["controller"][v]["accuracy"][task] for r in runs] for v in variants]
         if not args.skip_single:
             cells.append([r["single"][task]["accuracy"] for r in runs])
         print(f"| {task} | " + " | ".join(f"{mean(c):.4f} ({', '.join(f'{v:.3f}' for v in c)})" for c in cells)
               + " |")
+    sizes = [f"{runs[0]['controller'][v]['trainable']:,} / {runs[0]['controller'][v]['per_added_task']:,}"
+             for v in variants]
+    if not args.skip_single:
+        sizes.append(f"{sum(runs[0]['single'][t]['trainable'] for t in TASKS):,} / "
+                     f"{runs[0]['single']['sentiment']['trainable']:,}")
+    print("| trainable in all / per added task | " + " | ".join(sizes) + " |")
     if args.output:
         with open(args.output, "w") as f:
             json.dump({"args": vars(args), "runs": runs}, f, indent=2)

@@ -59,6 +59,7 @@ def variant_configs(model_name: str) -> dict:
         "compacter": lambda: peft_bottleneck.CompacterConfig(task_type=task_type, reduction_factor=compacter_reduction),
         "compacter++": lambda: peft_bottleneck.CompacterConfig(
             task_type=task_type, placement="pfeiffer", reduction_factor=compacter_reduction),
+        "low-rank (r=1)": lambda: peft_bottleneck.LowRankConfig(task_type=task_type),
         "lora (peft, r=8, q+v)": lambda: LoraConfig(task_type=task_type, r=8, target_modules=lora_targets),
     }
 

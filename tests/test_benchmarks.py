@@ -56,3 +56,20 @@ def test_accuracy_quick_resumes(tmp_path):
     assert (tmp_path / "a.png").exists() and "| Houlsby |" in (tmp_path / "a.md").read_text()
     run("accuracy.py", *args, cwd=tmp_path)  # everything is done: nothing is trained again
     assert json.loads((tmp_path / "a.json").read_text())["runs"] == first
+
+
+def test_controller_speed_quick(tmp_path):
+    out = run("controller_speed.py", "--quick", "--rounds", "1", "--output", str(tmp_path / "c.json"), cwd=tmp_path)
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["params_per_task"]["hypernetwork controller, mixed"] == 64  # one task embedding
+    assert "| hypernetwork controller, mixed |" in out
+
+
+@needs_bundles
+def test_multitask_smoke(tmp_path):
+    out = run("multitask.py", "--seeds", "0", "--losses", "masked", "--controller-adapters", "hyper", "--skip-single",
+              "--train-per-task", "16", "--epochs", "1", "--output-dir", str(tmp_path / "o"),
+              "--output", str(tmp_path / "m.json"), cwd=tmp_path)
+    run_ = json.loads((tmp_path / "m.json").read_text())["runs"][0]["controller"]["hyper, masked loss"]
+    assert set(run_["accuracy"]) == {"sentiment", "topic"} and run_["per_added_task"] == 64
+    assert "| trainable in all / per added task |" in out
