@@ -133,3 +133,25 @@ def test_layers_to_transform_limits_the_layers():
     config = BottleneckConfig(task_type="CAUSAL_LM", layers_to_transform=[1], layers_pattern="layers")
     model = get_peft_model(tiny_model("llama"), config)
     assert sorted(model.base_model.targeted_module_names) == ["model.layers.1.mlp.down_proj", "model.layers.1.self_attn.o_proj"]
+
+
+@pytest.mark.parametrize("config_cls", [BottleneckConfig, ParallelAdapterConfig])
+@pytest.mark.parametrize("target, refused", [
+    ("bert", "'bert' (BertModel)"),  # the whole model: its input is token ids
+    (r".*embeddings", "'bert.embeddings'"),
+    (r".*layer\.0(\.attention)?", "inside it"),  # a block and a module inside it
+])
+def test_unfit_targets_are_refused_by_name_and_leave_the_model_alone(config_cls, target, refused):
+    model = tiny_model("bert")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="target_modules") as error:
+        get_peft_model(model, config_cls(task_type="SEQ_CLS", target_modules=target))
+    assert refused in str(error.value)
+    assert not any("adapter" in name for name, _ in model.named_modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("field", ["modules_to_save", "target_modules", "exclude_modules"])
+def test_names_that_are_not_valid_patterns_are_refused_by_field(field):
+    with pytest.raises(ValueError, match=field):
+        BottleneckConfig(**{field: ["classifier", "["]})

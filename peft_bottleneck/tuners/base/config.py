@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Optional, Union
 
@@ -57,12 +58,24 @@ def check_choice(config, name: str, choices) -> None:
         raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
 
 
+def _check_pattern(name: str, pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise ValueError(f"`{name}` holds {pattern!r}, which is not a valid regular expression ({error}).") from None
+
+
 def check_name_list(config, name: str, allow_regex: bool = True) -> None:
     """A list / set of module names, or (where PEFT allows it) one regex string."""
     value = getattr(config, name)
-    if value is None or (allow_regex and isinstance(value, str)):
+    if value is None:
+        return
+    if allow_regex and isinstance(value, str):
+        _check_pattern(name, value)
         return
     if isinstance(value, (list, tuple, set)) and all(isinstance(v, str) and v.strip() for v in value):
+        for entry in value:
+            _check_pattern(name, entry)  # PEFT builds regexes from the entries of some of these lists
         setattr(config, name, set(value))
         return
     raise TypeError(f"`{name}` must be a list of (non-empty) module names"
@@ -327,6 +340,8 @@ class AdapterConfigBase(TargetingConfig):
             raise TypeError(f"`fusion_of` must list at least two adapter names, got {self.fusion_of!r}.")
         if self.fusion_of is not None:
             self.fusion_of = list(self.fusion_of)
+            if len(set(self.fusion_of)) != len(self.fusion_of):
+                raise ValueError(f"`fusion_of` names an adapter twice: {self.fusion_of!r}; list each once.")
         if self.input_modules and (self.is_parallel or self.needs_block_context or self.ln_before or self.ln_after
                                    or self.use_gating or self.residual_before_ln is not True):
             raise ValueError("`input_modules` takes sequential adapters with the default wiring only (no "

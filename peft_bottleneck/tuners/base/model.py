@@ -9,12 +9,16 @@ exactly as it was.
 from __future__ import annotations
 
 import re
+import warnings
 from contextlib import contextmanager
 from typing import Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _get_submodules, check_target_module_exists
+from peft.utils.error import NoMatchingPeftModuleError
 from peft.utils.other import set_additional_trainable_modules
+from torch import nn
+from transformers import PreTrainedModel
 
 from ...target_modules import ADAPTER_POSITIONS, block_context_for, input_source_for, positions_for
 from . import legacy
@@ -74,7 +78,7 @@ class AdapterTuner(BaseTuner):
         fused = getattr(config, "fusion_of", None)
         missing = [n for n in fused or () if n not in self.peft_config or n == name]
         if missing:
-            raise ValueError(f"Fusion {name!r} fuses adapters the model does not have: {missing} (it has "
+            raise ValueError(f"`fusion_of` of fusion {name!r} names adapters the model does not have: {missing} (it has "
                              f"{sorted(n for n in self.peft_config if n != name)}); load them first.")
         for check in NEW_ADAPTER_CHECKS:
             check(config, self.model)
@@ -110,6 +114,8 @@ class AdapterTuner(BaseTuner):
 
     def _check_target_module_exists(self, peft_config, key: str):
         found = check_target_module_exists(peft_config, key)
+        if found and not _is_excluded(found):
+            _refuse_unfit_target(self.model, key)
         if found and peft_config.leave_out and not _is_excluded(found):
             index = _layer_index(key)
             if index is not None and index in peft_config.leave_out:
@@ -192,6 +198,7 @@ class AdapterTuner(BaseTuner):
 
     def inject_adapter(self, model, adapter_name, autocast_adapter_dtype=True, low_cpu_mem_usage=False,
                        state_dict=None):
+        keep_4bit_weights_in_their_saved_layout(model)
         before = {id(m) for m in model.modules() if isinstance(m, BaseTunerLayer)}
         try:
             if not self._inject_like_an_existing_adapter(model, adapter_name, autocast_adapter_dtype,
@@ -204,8 +211,12 @@ class AdapterTuner(BaseTuner):
             self._shared.pop(adapter_name, None)  # only needed while this adapter's layers are made
             if autocast_adapter_dtype:
                 keep_saved_modules_in_fp32(model, adapter_name)
-        except BaseException:
+        except BaseException as error:
             self.remove_partial_adapter(model, adapter_name, before)
+            leave_out = getattr(self.peft_config.get(adapter_name), "leave_out", None)
+            if isinstance(error, NoMatchingPeftModuleError) and leave_out:
+                raise ValueError(f"`leave_out={sorted(leave_out)}` leaves out every layer the targets match; "
+                                 "leave out fewer layers.") from error
             raise
 
     def remove_partial_adapter(self, model, adapter_name: str, layers_before: set) -> None:
@@ -375,6 +386,25 @@ class AdapterTuner(BaseTuner):
         return bool(layers) and all(layer.disable_adapters for layer in layers)
 
 
+def keep_4bit_weights_in_their_saved_layout(model) -> None:
+    """bitsandbytes (0.50) repacks a 4-bit weight for its CPU kernel at the first no-grad forward, and its
+    ``state_dict()`` unpacks it again inexactly: after evaluate-then-save (the Trainer's rhythm) the base computes
+    something else (logits off by 0.2 on a tiny Llama). A model with adapters keeps its 4-bit weights as loaded: CPU
+    inference takes the dequantizing path training takes, the same numbers. A weight repacked before the adapter
+    came cannot be restored; say so."""
+    repacked = []
+    for name, module in model.named_modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            if getattr(getattr(module.weight, "quant_state", None), "packing_format_for_cpu", False):
+                repacked.append(name)
+    if repacked:
+        warnings.warn(
+            f"{len(repacked)} 4-bit layers (e.g. {repacked[0]!r}) ran a no-grad CPU forward before this adapter was "
+            "added, and bitsandbytes repacked their weights; its state_dict() unpacks them inexactly, so saving or "
+            "loading now changes the base's outputs. Add adapters to a freshly loaded 4-bit base.", stacklevel=3)
+
+
 def keep_saved_modules_in_fp32(model, adapter_name: str) -> None:
     """The trained copies of ``modules_to_save`` (a new classifier head) in float32 on a half-precision base, as
     PEFT's ``autocast_adapter_dtype`` keeps adapters: an fp16 head goes NaN after its first optimizer step. They
@@ -456,6 +486,20 @@ def _matches(key: str, names) -> bool:
 
 def _is_excluded(found) -> bool:
     return type(found).__name__ == "_ExcludedModule"
+
+
+def _refuse_unfit_target(model, key: str) -> None:
+    """A target must be a projection or a block of them, not inside another target, not the embeddings or a whole
+    model: their inputs are token ids and their outputs not a hidden state."""
+    module, path = model, []
+    for atom in key.split("."):
+        if isinstance(module, AdapterLayer):  # PEFT skips the insides of layers wrapped before this call
+            raise ValueError(f"`target_modules` matches both {'.'.join(path)!r} and {key!r} inside it: an adapter "
+                             "wraps one module, so match projections or blocks that do not contain each other.")
+        module, path = getattr(module, atom), [*path, atom]
+    if isinstance(module, PreTrainedModel) or any(isinstance(m, nn.Embedding) for m in module.modules()):
+        raise ValueError(f"`target_modules` matches {key!r} ({type(module).__name__}), which is a whole model or "
+                         "holds embeddings: match linear layers (e.g. 'output.dense') or blocks made of them.")
 
 
 def _layer_index(key: str) -> Optional[int]:
