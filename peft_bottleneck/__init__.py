@@ -44,7 +44,7 @@ from .tuners import (
     TargetingConfig,
 )
 from .tuners.base import BASE_ROUTE, Routing
-from . import safety
+from . import distributed, safety
 
 safety.install()
 

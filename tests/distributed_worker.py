@@ -1,12 +1,13 @@
 """Trains every tuner type for a few steps with the HF Trainer and writes what the test compares.
 
-    torchrun --nproc_per_node 2 tests/distributed_worker.py OUT [--fsdp]    # data parallel (or FSDP) on CPU, gloo
-    python tests/distributed_worker.py OUT --single                      # the same global batches in one process
+    torchrun --nproc_per_node 2 tests/distributed_worker.py OUT [--fsdp]  # data parallel (or FSDP2) on CPU, gloo
+    python tests/distributed_worker.py OUT --single [--fsdp]           # the same global batches in one process
 
 Per case, ``OUT/<case>/`` gets ``<run>.safetensors`` (each rank's trained adapter tensors, or the single run's),
-``<run>.json`` (losses, whether the Trainer let this process save) and, from the process that saves, ``saved/``
-(``save_model``). Batches are sequential, so rank r of 2 sees per-device batches r, r + 2, ... and their union per
-step is the single run's batch of 4. In the controller case rank 1 only ever sees task ``a``.
+``<run>.json`` (losses, whether the Trainer let this process save) and, from the process that saves,
+``saved-<run>/`` (``save_model``). Batches are sequential, so rank r of 2 sees per-device batches r, r + 2, ... and their union per
+step is the single run's batch of 4. In the controller case rank 1 only ever sees task ``a``. With ``--fsdp`` the
+files are ``sharded-<run>.json`` and, from rank 0, ``sharded-<run>/`` (the gathered full adapter state).
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from datasets import Dataset
 from peft import get_peft_model, get_peft_model_state_dict
 from safetensors.torch import save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
 from transformers import Trainer, TrainingArguments
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +85,7 @@ def collator(case: str):
     return pb.TaskCollator(["a", "b"], pad_free) if case in ROUTED else pad_free
 
 
-def train(case: str, out: Path, run: str, world: int, fsdp: bool) -> None:
+def train(case: str, out: Path, run: str, world: int) -> None:
     model = get_peft_model(model_for(case), CASES[case]())
     args = TrainingArguments(
         output_dir=str(out / "trainer"), per_device_train_batch_size=GLOBAL_BATCH // world, max_steps=STEPS,
@@ -91,23 +96,51 @@ def train(case: str, out: Path, run: str, world: int, fsdp: bool) -> None:
         # TaskMaskedLoss divides by the global example count itself, so it keeps the default
         average_tokens_across_devices=case in ROUTED,
         ddp_backend="gloo" if world > 1 else None,
-        **(dict(fsdp="full_shard", fsdp_config={"version": 2, "reshard_after_forward": True}) if fsdp else {}),
+        # every adapter parameter, each route of a routed layer included (a row of one tensor), gets a gradient on
+        # every step, so DDP needs no unused-parameter search, and an unused one would fail loudly here
+        ddp_find_unused_parameters=False,
     )
     loss = pb.TaskMaskedLoss({"a": 2, "b": 3}) if case in ROUTED else None
     trainer = Trainer(model=model, args=args, train_dataset=dataset(case), data_collator=collator(case),
                       compute_loss_func=loss)
     trainer.train()
-    state = get_peft_model_state_dict(trainer.accelerator.unwrap_model(trainer.model)) if not fsdp else None
+    state = get_peft_model_state_dict(trainer.accelerator.unwrap_model(trainer.model))
     case_dir = out / case
     case_dir.mkdir(parents=True, exist_ok=True)
-    if fsdp:
-        trainer.save_model(str(case_dir / "saved"))  # gathers the full adapter state dict on every rank's behalf
-    else:
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(case_dir / f"{run}.safetensors"))
-        if trainer.args.should_save:
-            trainer.save_model(str(case_dir / "saved"))
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(case_dir / f"{run}.safetensors"))
+    if trainer.args.should_save:
+        trainer.save_model(str(case_dir / f"saved-{run}"))
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     (case_dir / f"{run}.json").write_text(json.dumps({"losses": losses, "should_save": trainer.args.should_save}))
+
+
+def train_sharded(case: str, out: Path, run: str, world: int) -> None:
+    """The same global batches as ``train`` in a plain AdamW loop, the model sharded with FSDP2 across the ranks
+    (``world`` 1: unsharded, the reference). accelerate enables FSDP only for GPU-like devices, so on CPU the loop is
+    written out; per step it does what the Trainer does under FSDP."""
+    rank = int(os.environ.get("RANK", "0"))
+    model = get_peft_model(model_for(case), CASES[case]())
+    if world > 1:
+        pb.distributed.fully_shard_adapter_model(model, mesh=init_device_mesh("cpu", (world,)))
+    sharded = [n for n, p in model.named_parameters() if p.requires_grad and isinstance(p, DTensor)]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    rows, collate, per_rank = dataset(case), collator(case), GLOBAL_BATCH // world
+    losses = []
+    for step in range(STEPS):
+        start = step * GLOBAL_BATCH + rank * per_rank
+        batch = collate([rows[i] for i in range(start, start + per_rank)])
+        loss = model(**batch).loss  # each rank's mean; FSDP averages the gradients: the global batch's mean
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    # the full (unsharded) adapter state, gathered onto rank 0 and saved as a plain PEFT checkpoint
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    case_dir = out / case
+    case_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        model.save_pretrained(str(case_dir / f"sharded-{run}"), state_dict=full)
+    (case_dir / f"sharded-{run}.json").write_text(json.dumps({"losses": losses, "sharded_trainable": len(sharded)}))
 
 
 def main() -> None:
@@ -119,8 +152,10 @@ def main() -> None:
     args = parser.parse_args()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     run = "single" if args.single else f"rank{os.environ.get('RANK', '0')}"
+    if args.fsdp and world > 1:
+        dist.init_process_group("gloo")
     for case in args.cases:
-        train(case, args.out, run, world, args.fsdp)
+        (train_sharded if args.fsdp else train)(case, args.out, run, world)
 
 
 if __name__ == "__main__":

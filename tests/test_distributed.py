@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,16 @@ import torch
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file
 
+import peft_bottleneck as pb
 from distributed_worker import CASES, ROUTED, dataset, model_for
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:  # torchrun's --master_port 0 hangs in the rendezvous here
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def launch(out: Path, *flags: str, processes: int = 2) -> None:
@@ -27,7 +35,7 @@ def launch(out: Path, *flags: str, processes: int = 2) -> None:
         command = [sys.executable, str(WORKER), str(out), "--single", *flags]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_port", "0", str(WORKER), str(out), *flags]
+                   "--master_port", str(free_port()), str(WORKER), str(out), *flags]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
@@ -66,7 +74,8 @@ def test_ddp_ranks_agree_with_one_process_and_save_once(ddp_runs, case):
     assert logs["rank0"]["should_save"] and not logs["rank1"]["should_save"]
     assert logs["rank0"]["losses"] == pytest.approx(logs["single"]["losses"], rel=1e-4)
 
-    saved = PeftModel.from_pretrained(model_for(case), str(ddp_runs / case / "saved")).eval()
+    assert not (ddp_runs / case / "saved-rank1").exists()
+    saved = PeftModel.from_pretrained(model_for(case), str(ddp_runs / case / "saved-rank0")).eval()
     loaded = get_peft_model_state_dict(saved)
     for key in rank0:
         assert torch.equal(loaded[key], rank0[key]), key
@@ -84,3 +93,50 @@ def test_the_controller_rank_that_never_sees_a_task_still_updates_it(ddp_runs):
     fresh = get_peft_model_state_dict(get_peft_model_for("controller"))
     up = next(k for k in trained if k.endswith("up_weight"))
     assert not torch.equal(trained[up][1], fresh[up][1])  # route 1 = task b
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp")
+    launch(out, "--fsdp")
+    launch(out, "--fsdp", processes=1)
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fsdp2_trains_sharded_and_saves_the_full_adapter_that_loads_unsharded(fsdp_runs, case):
+    model = get_peft_model_for(case)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    logs = {run: json.loads((fsdp_runs / case / f"sharded-{run}.json").read_text()) for run in ("rank0", "single")}
+    assert logs["rank0"]["sharded_trainable"] == len(trainable)  # every adapter tensor was a DTensor shard
+    assert logs["single"]["sharded_trainable"] == 0
+    assert logs["rank0"]["losses"][0] != logs["single"]["losses"][0]  # each rank saw half of the batch ...
+    sharded, single = (load_file(str(fsdp_runs / case / f"sharded-{run}" / "adapter_model.safetensors"))
+                       for run in ("rank0", "single"))
+    fresh = {k.replace(".default", ""): v for k, v in get_peft_model_state_dict(model).items()}
+    assert sharded.keys() == single.keys() == fresh.keys()
+    for key in single:
+        assert sharded[key].shape == fresh[key].shape, key  # gathered, not one rank's shard
+        torch.testing.assert_close(sharded[key], single[key], rtol=1e-4, atol=1e-6, msg=key)  # ... and averaged
+    assert any(not torch.equal(single[k], fresh[k]) for k in single), "training changed nothing"
+    assert not (fsdp_runs / case / "sharded-rank1").exists()
+
+    batch = first_batch(case)
+    with torch.no_grad():
+        outputs = [PeftModel.from_pretrained(model_for(case), str(fsdp_runs / case / f"sharded-{run}")).eval()(
+            **batch).logits for run in ("rank0", "single")]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+
+
+def test_the_fsdp_units_are_the_plain_base_modules_and_never_an_adapter_or_a_tied_weight():
+    model = get_peft_model(model_for("lm_head"), pb.OutputAdapterConfig(task_type="CAUSAL_LM"))
+    units = pb.distributed.base_modules_to_shard(model)
+    names = {name for name, module in model.named_modules() if any(module is u for u in units)}
+    assert model.get_base_model().config.tie_word_embeddings
+    assert not any("embed_tokens" in n or "lm_head" in n for n in names)  # tied: both stay in the root unit
+    assert any(n.endswith("q_proj") for n in names)
+    assert all(not any(p.requires_grad for p in u.parameters()) for u in units)
+    compacter = get_peft_model(model_for("compacter"), CASES["compacter"]())
+    layers = [m for m in compacter.modules() if isinstance(m, pb.tuners.base.AdapterLayer)]
+    adapter = {id(p) for m in layers for p in m.parameters()} - {id(p) for m in layers for p in m.base_layer.parameters()}
+    assert adapter and not any(id(p) in adapter for u in pb.distributed.base_modules_to_shard(compacter) for p in u.parameters())
