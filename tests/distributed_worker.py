@@ -2,10 +2,11 @@
 
     torchrun --nproc_per_node 2 tests/distributed_worker.py OUT [--fsdp]  # data parallel (or FSDP2) on CPU, gloo
     python tests/distributed_worker.py OUT --single [--fsdp]           # the same global batches in one process
+    DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 tests/distributed_worker.py OUT --zero 2   # DeepSpeed ZeRO-2 / 3
 
 Per case, ``OUT/<case>/`` gets ``<run>.safetensors`` (each rank's trained adapter tensors, or the single run's),
-``<run>.json`` (losses, whether the Trainer let this process save) and, from the process that saves,
-``saved-<run>/`` (``save_model``). Batches are sequential, so rank r of 2 sees per-device batches r, r + 2, ... and their union per
+``<run>.json`` (losses, whether the Trainer let this process save) and ``saved-<mode>/`` (``save_model``;
+mode ``single``, ``ddp``, ``zero2`` or ``zero3``, run names get a ``-zero<N>`` suffix). Batches are sequential, so rank r of 2 sees per-device batches r, r + 2, ... and their union per
 step is the single run's batch of 4. In the controller case rank 1 only ever sees task ``a``. With ``--fsdp`` the
 files are ``sharded-<run>.json`` and, from rank 0, ``sharded-<run>/`` (the gathered full adapter state).
 """
@@ -27,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 from transformers import Trainer, TrainingArguments
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peft_bottleneck as pb  # noqa: E402
@@ -85,7 +87,13 @@ def collator(case: str):
     return pb.TaskCollator(["a", "b"], pad_free) if case in ROUTED else pad_free
 
 
-def train(case: str, out: Path, run: str, world: int) -> None:
+def deepspeed_config(stage: int) -> dict:
+    """ZeRO ``stage`` with the Trainer's optimizer (torch AdamW) and batch sizes, so runs compare to plain DDP."""
+    return {"zero_optimization": {"stage": stage}, "train_micro_batch_size_per_gpu": "auto",
+            "train_batch_size": "auto", "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
+
+
+def train(case: str, out: Path, run: str, world: int, zero_stage: int | None = None) -> None:
     model = get_peft_model(model_for(case), CASES[case]())
     args = TrainingArguments(
         output_dir=str(out / "trainer"), per_device_train_batch_size=GLOBAL_BATCH // world, max_steps=STEPS,
@@ -99,17 +107,24 @@ def train(case: str, out: Path, run: str, world: int) -> None:
         # every adapter parameter, each route of a routed layer included (a row of one tensor), gets a gradient on
         # every step, so DDP needs no unused-parameter search, and an unused one would fail loudly here
         ddp_find_unused_parameters=False,
+        deepspeed=deepspeed_config(zero_stage) if zero_stage is not None else None,
     )
     loss = pb.TaskMaskedLoss({"a": 2, "b": 3}) if case in ROUTED else None
     trainer = Trainer(model=model, args=args, train_dataset=dataset(case), data_collator=collator(case),
                       compute_loss_func=loss)
     trainer.train()
-    state = get_peft_model_state_dict(trainer.accelerator.unwrap_model(trainer.model))
     case_dir = out / case
     case_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(case_dir / f"{run}.safetensors"))
-    if trainer.args.should_save:
-        trainer.save_model(str(case_dir / f"saved-{run}"))
+    if zero_stage != 3:  # ZeRO-3 partitions the parameters themselves: only the saved checkpoint holds them whole
+        state = get_peft_model_state_dict(trainer.accelerator.unwrap_model(trainer.model))
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(case_dir / f"{run}.safetensors"))
+    # every rank calls save_model (ZeRO-3 gathers the weights collectively); only the main process writes
+    mode = "single" if world == 1 else f"zero{zero_stage}" if zero_stage else "ddp"
+    trainer.save_model(str(case_dir / f"saved-{mode}"))
+    if zero_stage:
+        # TrainingArguments(deepspeed=...) switches on zero.Init for every model made after it in this process,
+        # which would give the next case a different random init than its single-process run
+        unset_hf_deepspeed_config()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     (case_dir / f"{run}.json").write_text(json.dumps({"losses": losses, "should_save": trainer.args.should_save}))
 
@@ -148,6 +163,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--single", action="store_true")
     parser.add_argument("--fsdp", action="store_true")
+    parser.add_argument("--zero", type=int, choices=(2, 3), help="DeepSpeed ZeRO stage (needs DS_ACCELERATOR=cpu)")
     parser.add_argument("--cases", nargs="+", default=list(CASES))
     args = parser.parse_args()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -155,7 +171,10 @@ def main() -> None:
     if args.fsdp and world > 1:
         dist.init_process_group("gloo")
     for case in args.cases:
-        (train_sharded if args.fsdp else train)(case, args.out, run, world)
+        if args.fsdp:
+            train_sharded(case, args.out, run, world)
+        else:
+            train(case, args.out, f"{run}-zero{args.zero}" if args.zero else run, world, args.zero)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 def launch(out: Path, *flags: str, processes: int = 2) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(WORKER.parent),
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": os.pathsep.join([str(WORKER.parent),
                                                                                  os.environ.get("PYTHONPATH", "")])}
     if processes == 1:
         command = [sys.executable, str(WORKER), str(out), "--single", *flags]
@@ -74,8 +74,7 @@ def test_ddp_ranks_agree_with_one_process_and_save_once(ddp_runs, case):
     assert logs["rank0"]["should_save"] and not logs["rank1"]["should_save"]
     assert logs["rank0"]["losses"] == pytest.approx(logs["single"]["losses"], rel=1e-4)
 
-    assert not (ddp_runs / case / "saved-rank1").exists()
-    saved = PeftModel.from_pretrained(model_for(case), str(ddp_runs / case / "saved-rank0")).eval()
+    saved = PeftModel.from_pretrained(model_for(case), str(ddp_runs / case / "saved-ddp")).eval()
     loaded = get_peft_model_state_dict(saved)
     for key in rank0:
         assert torch.equal(loaded[key], rank0[key]), key
@@ -140,3 +139,33 @@ def test_the_fsdp_units_are_the_plain_base_modules_and_never_an_adapter_or_a_tie
     layers = [m for m in compacter.modules() if isinstance(m, pb.tuners.base.AdapterLayer)]
     adapter = {id(p) for m in layers for p in m.parameters()} - {id(p) for m in layers for p in m.base_layer.parameters()}
     assert adapter and not any(id(p) in adapter for u in pb.distributed.base_modules_to_shard(compacter) for p in u.parameters())
+
+
+@pytest.fixture(scope="module")
+def zero_runs(ddp_runs):
+    pytest.importorskip("deepspeed")
+    for stage in (2, 3):
+        launch(ddp_runs, "--zero", str(stage))
+    return ddp_runs
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("case", list(CASES))
+def test_deepspeed_zero_trains_like_one_process_and_saves_the_whole_adapter(zero_runs, case, stage):
+    single = load_file(str(zero_runs / case / "single.safetensors"))
+    saved = load_file(str(zero_runs / case / f"saved-zero{stage}" / "adapter_model.safetensors"))
+    single_saved = load_file(str(zero_runs / case / "saved-single" / "adapter_model.safetensors"))
+    assert saved.keys() == single_saved.keys() and saved
+    for key in saved:  # gathered whole (ZeRO-3 partitions each tensor), equal to one process over the same batches
+        torch.testing.assert_close(saved[key], single_saved[key], rtol=1e-4, atol=1e-6, msg=key)
+    if stage == 2:  # the optimizer state is partitioned, the parameters are not: each rank holds them whole
+        ranks = [load_file(str(zero_runs / case / f"rank{r}-zero2.safetensors")) for r in (0, 1)]
+        for key in single:
+            assert torch.equal(ranks[0][key], ranks[1][key]), key
+    logs = {run: json.loads((zero_runs / case / f"{run}.json").read_text()) for run in (f"rank0-zero{stage}",
+                                                                                        f"rank1-zero{stage}", "single")}
+    assert logs[f"rank0-zero{stage}"]["should_save"] and not logs[f"rank1-zero{stage}"]["should_save"]
+    assert logs[f"rank0-zero{stage}"]["losses"] == pytest.approx(logs["single"]["losses"], rel=1e-4)
+    with torch.no_grad():
+        loaded = PeftModel.from_pretrained(model_for(case), str(zero_runs / case / f"saved-zero{stage}")).eval()
+        assert torch.isfinite(loaded(**first_batch(case)).logits).all()
