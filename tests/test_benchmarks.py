@@ -73,3 +73,16 @@ def test_multitask_smoke(tmp_path):
     run_ = json.loads((tmp_path / "m.json").read_text())["runs"][0]["controller"]["hyper, masked loss"]
     assert set(run_["accuracy"]) == {"sentiment", "topic"} and run_["per_added_task"] == 64
     assert "| trainable in all / per added task |" in out
+
+
+@needs_bundles
+def test_quantized_quick(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    out = run("quantized.py", "--quick", "--steps", "3", "--held-out", "8", "--scratch", str(tmp_path),
+              "--output", str(tmp_path / "q.json"), cwd=tmp_path)
+    rows = json.loads((tmp_path / "q.json").read_text())["rows"]
+    assert {(r["base"], r["adapter"]) for r in rows} == {(b, a) for b in ("fp32", "nf4", "int8")
+                                                          for a in ("houlsby", "lora")}
+    weights = {(r["base"], r["adapter"]): r["weights_mb"] for r in rows}
+    assert weights["nf4", "houlsby"] < weights["int8", "houlsby"] < weights["fp32", "houlsby"]
+    assert all(r["peak_rss_mb"] > 0 and r["train_step_s"] > 0 for r in rows) and "| houlsby | nf4 |" in out

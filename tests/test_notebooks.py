@@ -13,6 +13,8 @@ CLAIMS = {
     "quickstart.ipynb": ["identical: True", "trainable params", "test accuracy after one short epoch"],
     "multitask_controller.ipynb": ["names == indices: True", "reloaded identical: True",
                                    "after add_task, old tasks identical: True", "Unknown task(s) ['qa']"],
+    "composition_fusion.ipynb": ["topic adapter frozen while the stack trains: True", "topic adapter unchanged: True",
+                                 "Fuse(sentiment, topic) on sentiment:", "reloaded identical: True"],
     "layer_importance.ipynb": ["default pruning score: ablation_greedy", "reloaded accuracy", "unpruned base:",
                                "adapters dropped in the lowest 3 layers"],
 }
