@@ -7,8 +7,9 @@ bitsandbytes 4-bit nf4 and in bitsandbytes 8-bit, in one run.
 
 Each (base, adapter) pair runs in a process of its own, so its memory high-water mark is its own: the mark is reset
 once the model is loaded and quantized, and the peak covers the fixed run (weights, gradients, AdamW state,
-activations, the process and its libraries; memory freed while loading is handed back to the system first). All pairs train on the same batches of bundled Rotten Tomatoes
-sentences (causal LM loss) with the same seed and learning rate; the final loss is the mean over a fixed held-out
+activations, the process and its libraries; memory freed while loading is handed back to the system first). All
+pairs train on the same batches of bundled Rotten Tomatoes sentences (causal LM loss) with the same seed and
+learning rate; the final loss is the mean over a fixed held-out
 set of sentences after the run. Step time is the median over the run after two warm-up steps. Ratios divide by the
 same adapter's float32-base row of the same run. On CPU bitsandbytes dequantizes each weight on every use, so a
 quantized base saves memory and costs time here; on a GPU its kernels are fused.
@@ -141,12 +142,13 @@ def run_one(base: str, adapter: str, args) -> dict:
 
 def table(rows: list[dict]) -> str:
     reference = {r["adapter"]: r for r in rows if r["base"] == "fp32"}
-    lines = ["| adapter | base | weights MB | RSS before MB | peak RSS MB | peak vs fp32 | train step s | step vs fp32 | "
-             "first loss | held-out loss after run |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| adapter | base | weights MB | RSS before MB | peak RSS MB | peak vs fp32 | train step s | "
+             "step vs fp32 | first loss | held-out loss after run |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = reference.get(r["adapter"])
         ratio = lambda key: f"{r[key] / ref[key]:.2f}x" if ref else "-"  # noqa: E731
-        lines.append(f"| {r['adapter']} | {r['base']} | {r['weights_mb']:.0f} | {r['rss_before_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
+        lines.append(f"| {r['adapter']} | {r['base']} | {r['weights_mb']:.0f} | {r['rss_before_mb']:.0f} | "
+                     f"{r['peak_rss_mb']:.0f} | "
                      f"{ratio('peak_rss_mb')} | {r['train_step_s']:.3f} | {ratio('train_step_s')} | "
                      f"{r['first_loss']:.3f} | {r['held_out_loss']:.3f} |")
     return "\n".join(lines)
@@ -178,7 +180,8 @@ def main() -> None:
     child += ["--quick"] if args.quick else []
     for adapter in args.adapters:
         for base in args.bases:
-            done = subprocess.run([sys.executable, os.path.abspath(__file__), *child, "--one", base, adapter], capture_output=True, text=True)
+            command = [sys.executable, os.path.abspath(__file__), *child, "--one", base, adapter]
+            done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"{base} / {adapter} failed:\n{done.stderr[-3000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))

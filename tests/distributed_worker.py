@@ -6,9 +6,10 @@
 
 Per case, ``OUT/<case>/`` gets ``<run>.safetensors`` (each rank's trained adapter tensors, or the single run's),
 ``<run>.json`` (losses, whether the Trainer let this process save) and ``saved-<mode>/`` (``save_model``;
-mode ``single``, ``ddp``, ``zero2`` or ``zero3``, run names get a ``-zero<N>`` suffix). Batches are sequential, so rank r of 2 sees per-device batches r, r + 2, ... and their union per
-step is the single run's batch of 4. In the controller case rank 1 only ever sees task ``a``. With ``--fsdp`` the
-files are ``sharded-<run>.json`` and, from rank 0, ``sharded-<run>/`` (the gathered full adapter state).
+mode ``single``, ``ddp``, ``zero2`` or ``zero3``, run names get a ``-zero<N>`` suffix). Batches are sequential, so
+rank r of 2 sees per-device batches r, r + 2, ... and their union per step is the single run's batch of 4. In the
+controller case rank 1 only ever sees task ``a``. With ``--fsdp`` the files are ``sharded-<run>.json`` and, from
+rank 0, ``sharded-<run>/`` (the gathered full adapter state).
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ def free_port() -> int:
 
 
 def launch(out: Path, *flags: str, processes: int = 2) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": os.pathsep.join([str(WORKER.parent),
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(WORKER.parent),
                                                                                  os.environ.get("PYTHONPATH", "")])}
     if processes == 1:
         command = [sys.executable, str(WORKER), str(out), "--single", *flags]
@@ -137,8 +138,10 @@ def test_the_fsdp_units_are_the_plain_base_modules_and_never_an_adapter_or_a_tie
     assert all(not any(p.requires_grad for p in u.parameters()) for u in units)
     compacter = get_peft_model(model_for("compacter"), CASES["compacter"]())
     layers = [m for m in compacter.modules() if isinstance(m, pb.tuners.base.AdapterLayer)]
-    adapter = {id(p) for m in layers for p in m.parameters()} - {id(p) for m in layers for p in m.base_layer.parameters()}
-    assert adapter and not any(id(p) in adapter for u in pb.distributed.base_modules_to_shard(compacter) for p in u.parameters())
+    adapter = {id(p) for m in layers for p in m.parameters()}
+    adapter -= {id(p) for m in layers for p in m.base_layer.parameters()}
+    units = pb.distributed.base_modules_to_shard(compacter)
+    assert adapter and not any(id(p) in adapter for u in units for p in u.parameters())
 
 
 @pytest.fixture(scope="module")

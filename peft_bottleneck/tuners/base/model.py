@@ -78,8 +78,8 @@ class AdapterTuner(BaseTuner):
         fused = getattr(config, "fusion_of", None)
         missing = [n for n in fused or () if n not in self.peft_config or n == name]
         if missing:
-            raise ValueError(f"`fusion_of` of fusion {name!r} names adapters the model does not have: {missing} (it has "
-                             f"{sorted(n for n in self.peft_config if n != name)}); load them first.")
+            raise ValueError(f"`fusion_of` of fusion {name!r} names adapters the model does not have: {missing} "
+                             f"(it has {sorted(n for n in self.peft_config if n != name)}); load them first.")
         for check in NEW_ADAPTER_CHECKS:
             check(config, self.model)
 
