@@ -103,9 +103,13 @@ def quiet(verbose: bool) -> None:
     """No warning a user cannot act on: loading reports for a new head, deprecations inside the libraries."""
     if verbose:
         return
+    import torch
     import transformers
 
     transformers.logging.set_verbosity_error()
+    # where DeepSpeed is installed, accelerate imports it and it warns that it found no GPU; this job does not use it
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, message=".*pin_memory.*")
     import datasets
