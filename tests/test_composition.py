@@ -175,7 +175,7 @@ def test_a_fusion_over_a_missing_adapter_is_refused_by_name(tmp_path):
     from peft import PeftModel
 
     base = PeftModel.from_pretrained(tiny_model("bert"), str(tmp_path / "lang"), adapter_name="lang")
-    with pytest.raises(ValueError, match=r"fuses adapters the model does not have: \['a', 'b'\]"):
+    with pytest.raises(ValueError, match=r"`fusion_of` .* names adapters the model does not have: \['a', 'b'\]"):
         base.load_adapter(str(tmp_path / "fusion_a_b"), adapter_name="fusion_a_b")
 
 
