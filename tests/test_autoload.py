@@ -104,3 +104,14 @@ def test_a_controller_loads_too(tmp_path):
     model.save_pretrained(tmp_path / "adapter")
     out = run(sys.executable, "-c", LOAD, tmp_path / "adapter", tmp_path / "base")
     assert "LOADED AdapterControllerConfig" in out
+
+
+def test_a_hook_left_behind_by_a_removed_install_stays_silent(tmp_path):
+    # an editable install whose folder is gone (or a half-uninstalled wheel) keeps the .pth: every Python start
+    # must not print a traceback for it. -S: no site-packages, so the module the hook names cannot be found.
+    line = (REPO / "peft_bottleneck_autoload.pth").read_text().strip()
+    assert line.startswith("import ")  # site only executes .pth lines that start with "import"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-S", "-c", line], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=60)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
