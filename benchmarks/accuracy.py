@@ -57,6 +57,8 @@ METHODS = {
     "low-rank": (lambda: LowRankConfig(task_type="SEQ_CLS"), (3e-3, 1e-2)),
     "lora": (lambda: LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16), (1e-3, 3e-3)),
 }
+# method: extra TrainingArguments for it (e.g. a warm-up ablation row); the default is the table's protocol.
+TRAINING_OVERRIDES: dict[str, dict] = {}
 LABELS = {"full": "full fine-tuning", "head-only": "head only", "houlsby": "Houlsby", "pfeiffer": "Pfeiffer",
           "parallel": "parallel", "compacter": "Compacter", "compacter++": "Compacter++",
           "low-rank": "low-rank (r=1)", "lora": "PEFT LoRA r8"}
@@ -91,11 +93,12 @@ def train_once(method, task, data, num_labels, tokenizer, learning_rate, seed, a
     torch.manual_seed(seed)
     model = build_model(method, num_labels)
     metric = load_classification_metric()
-    training_args = TrainingArguments(
-        output_dir=os.path.join(args.scratch_dir, task, method), per_device_train_batch_size=32,
-        per_device_eval_batch_size=128, learning_rate=learning_rate, num_train_epochs=args.epochs,
-        warmup_steps=0.1, weight_decay=0.0, save_strategy="no", eval_strategy="no", report_to=[], seed=seed,
-        logging_steps=50, disable_tqdm=True, dataloader_num_workers=0)
+    protocol = dict(per_device_train_batch_size=32, per_device_eval_batch_size=128, learning_rate=learning_rate,
+                    num_train_epochs=args.epochs, warmup_steps=0.1, weight_decay=0.0, save_strategy="no",
+                    eval_strategy="no", report_to=[], seed=seed, logging_steps=50, disable_tqdm=True,
+                    dataloader_num_workers=0)
+    training_args = TrainingArguments(output_dir=os.path.join(args.scratch_dir, task, method),
+                                      **{**protocol, **TRAINING_OVERRIDES.get(method, {})})
     trainer = Trainer(model=model, args=training_args, train_dataset=data["train"],
                       data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=lambda p: metric.compute(predictions=np.argmax(p.predictions, -1),

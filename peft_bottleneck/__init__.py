@@ -21,6 +21,7 @@ from .compression import (
     set_adapter_drop,
 )
 from .composition import Average, BatchSplit, Fuse, Parallel, Stack, add_fusion, compose, fusion_attention, load_composed
+from .learning_rates import RECOMMENDED_LEARNING_RATES, recommended_learning_rate
 from .multitask import TaskCollator, TaskMaskedLoss
 from .tuners import (
     AdapterConfigBase,
@@ -52,6 +53,8 @@ __version__ = "0.2.0"
 
 __all__ = [
     "ALLOWED_NON_LINEARITIES",
+    "RECOMMENDED_LEARNING_RATES",
+    "recommended_learning_rate",
     "Average",
     "BatchSplit",
     "Fuse",

@@ -23,12 +23,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never wait on the network
 
 PROG = "python -m peft_bottleneck.finetune"
-ADAPTERS = ("houlsby", "pfeiffer", "parallel", "compacter", "compacter++")
+ADAPTERS = ("houlsby", "pfeiffer", "parallel", "compacter", "compacter++", "low-rank")
 DATASETS = ("sentiment", "topic")
-# the rate used when --learning-rate is not given: Houlsby's is the main job's measured one; the others are the
-# rates chosen on validation in benchmarks/accuracy.py (sentiment, seed 0; benchmarks/results/accuracy_minilm.json)
-DEFAULT_LEARNING_RATES = {"houlsby": 2e-3, "pfeiffer": 9e-3, "parallel": 3.33e-4, "compacter": 1e-2,
-                          "compacter++": 3.33e-2}
 
 
 @dataclass
@@ -54,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-eval-samples", type=int, default=None, help="cap validation and test (smoke runs)")
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--learning-rate", type=float, default=None,
-                        help="default: the recommended rate of the adapter kind")
+                        help="default: the kind's recommended rate (peft_bottleneck.recommended_learning_rate)")
     parser.add_argument("--head-learning-rate", type=float, default=1e-2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
@@ -103,6 +99,10 @@ def quiet(verbose: bool) -> None:
     """No warning a user cannot act on: loading reports for a new head, deprecations inside the libraries."""
     if verbose:
         return
+    import logging
+
+    # bitsandbytes (when installed) logs a missing optional CPU kernel at import on some CPUs; unused here
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     import torch
     import transformers
 
@@ -126,6 +126,7 @@ def adapter_config(name: str):
         "parallel": lambda: pb.ParallelAdapterConfig(task_type="SEQ_CLS"),
         "compacter": lambda: pb.CompacterConfig(task_type="SEQ_CLS"),
         "compacter++": lambda: pb.CompacterConfig(task_type="SEQ_CLS", placement="pfeiffer"),
+        "low-rank": lambda: pb.LowRankConfig(task_type="SEQ_CLS"),
     }[name]()
 
 
@@ -260,6 +261,7 @@ def main(argv=None, parser=None) -> list[RunResult]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .bundled import minilm_path
+    from .learning_rates import recommended_learning_rate
 
     torch.manual_seed(args.seed)
     output_dir = Path(args.output_dir)
@@ -268,11 +270,12 @@ def main(argv=None, parser=None) -> list[RunResult]:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     data, num_labels = load_data(args, tokenizer)
     print(f"data: {', '.join(f'{k} {len(v)}' for k, v in data.items())}; model: {model_path}")
-    learning_rate = args.learning_rate or DEFAULT_LEARNING_RATES[args.adapter]
+    config = adapter_config(args.adapter)
+    learning_rate = args.learning_rate or recommended_learning_rate(config)  # documented per kind, no search
 
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".scratch-") as scratch:
         base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
-        model = get_peft_model(base, adapter_config(args.adapter))
+        model = get_peft_model(base, config)
         trainer, adapter_result = train(args.adapter, model, args, data, tokenizer, learning_rate, Path(scratch))
         check_reload(trainer, output_dir, model_path, num_labels, data)
         results = [adapter_result]

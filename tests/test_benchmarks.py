@@ -86,3 +86,27 @@ def test_quantized_quick(tmp_path):
     weights = {(r["base"], r["adapter"]): r["weights_mb"] for r in rows}
     assert weights["nf4", "houlsby"] < weights["int8", "houlsby"] < weights["fp32", "houlsby"]
     assert all(r["peak_rss_mb"] > 0 and r["train_step_s"] > 0 for r in rows) and "| houlsby | nf4 |" in out
+
+
+@needs_bundles
+def test_compacter_recipe_quick_and_its_recipe_is_the_default(tmp_path):
+    run("compacter_recipe.py", "--quick", "--rows", "recipe", "adapterhub", "--tasks", "topic", "--seeds", "0",
+        "--epochs", "1", "--output-dir", str(tmp_path / "rows"), cwd=tmp_path)
+    runs = json.loads((tmp_path / "rows" / "recipe.json").read_text())["runs"]
+    assert {r["method"] for r in runs} == {"compacter:recipe"} and len(runs) in (2, 3)
+    assert "| recipe |" in (tmp_path / "rows" / "table.md").read_text()
+    sys.path.insert(0, str(BENCHMARKS))
+    import compacter_recipe
+
+    from peft_bottleneck import CompacterConfig
+
+    for fields, config in ((compacter_recipe.RECIPE, CompacterConfig()),
+                           (compacter_recipe.ROWS["adapterhub"][1], CompacterConfig(init_weights="adapterhub"))):
+        assert {k: getattr(config, k) for k in fields} == fields
+
+
+def test_learning_rates_from_the_stored_runs(tmp_path):
+    run("learning_rates.py", "--output", str(tmp_path / "lr.json"), cwd=tmp_path)
+    chosen = json.loads((tmp_path / "lr.json").read_text())
+    assert {"houlsby", "parallel"} <= set(chosen) and (tmp_path / "lr.md").exists()
+    assert all(r["met"] in (True, False, None) and r["learning_rate"] > 0 for r in chosen.values())

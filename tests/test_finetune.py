@@ -8,6 +8,7 @@ import sys
 import pytest
 from test_bundled import needs_bundles
 
+from peft_bottleneck import BottleneckConfig, recommended_learning_rate
 from peft_bottleneck.finetune import main
 
 
@@ -61,6 +62,7 @@ def test_main_job_writes_results_a_plot_and_no_checkpoints(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "results.json", "results.md", "results.png"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["name"] for r in saved["runs"]] == ["houlsby", "head-only"]
+    assert saved["runs"][0]["learning_rate"] == recommended_learning_rate(BottleneckConfig())  # no --learning-rate
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["history"] for r in saved["runs"])
     assert any("eval_accuracy" in e for e in saved["runs"][0]["history"])
     assert "| houlsby |" in (tmp_path / "results.md").read_text()
@@ -73,7 +75,7 @@ def test_another_adapter_and_data_set_quietly(tmp_path):
                "32", "--max-eval-samples", "32", "--epochs", "1", "--skip-baseline")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "compacter++: test accuracy" in done.stdout
-    for noise in ("LOAD REPORT", "FutureWarning", "pin_memory", "\x1b[A", "Setting accelerator"):
+    for noise in ("LOAD REPORT", "FutureWarning", "pin_memory", "\x1b[A", "Setting accelerator", "gemm_4bit_forward"):
         assert noise not in done.stdout + done.stderr, noise
 
 

@@ -41,8 +41,11 @@ def test_parameter_count_equals_closed_form(n, rank, shared, factorized):
 
 def test_paper_formula_without_biases():
     # Mahabadi et al.: Compacter has 4L(k + d) + n^3 parameters (rank 1, shared rule, no biases), L = layers
-    model = get_peft_model(bare_bert(), CompacterConfig(bottleneck_size=K, phm_bias=False))
+    model = get_peft_model(bare_bert(), CompacterConfig(bottleneck_size=K, phm_bias=False, init_weights="adapterhub"))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 4 * 2 * (K + D) + 4**3
+    # our recipe's rank 4: 4 r L(k + d) + n^3
+    model = get_peft_model(bare_bert(), CompacterConfig(bottleneck_size=K, phm_bias=False))
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 4 * 4 * 2 * (K + D) + 4**3
 
 
 def test_shared_rule_is_one_parameter_and_stored_once(tmp_path):
@@ -119,11 +122,34 @@ def test_bad_phm_config(kwargs, field):
         CompacterConfig(**kwargs)
 
 
-def test_defaults_follow_the_paper():
-    config = CompacterConfig()
+def test_adapterhub_init_follows_the_paper():
+    config = CompacterConfig(init_weights="adapterhub")
     assert (config.phm_dim, config.reduction_factor, config.shared_phm_rule, config.factorized_phm_W,
             config.phm_rank, config.non_linearity, config.placement) == (4, 32, True, True, 1, "gelu", "houlsby")
     assert config.peft_type.value == "COMPACTER" and CompacterModel.prefix == "compacter_"
+
+
+def test_the_default_init_is_our_recipe_and_adapterhubs_preset_is_one_field_away(tmp_path):
+    default, preset = CompacterConfig(), CompacterConfig(init_weights="adapterhub")
+    assert (default.init_weights, default.phm_init_range, default.phm_rank) == (True, 0.1, 4)
+    assert (preset.phm_init_range, preset.phm_rank, preset.phm_c_init, preset.hypercomplex_nonlinearity) == (
+        1e-4, 1, "normal", "glorot-uniform")
+    differ = {f for f in default.to_dict() if getattr(default, f) != getattr(preset, f)}
+    assert differ == {"init_weights", "phm_init_range", "phm_rank"}
+    given = CompacterConfig(init_weights="adapterhub", phm_init_range=0.5, phm_rank=2)  # what is given wins
+    assert (given.phm_init_range, given.phm_rank) == (0.5, 2)
+    # the rule really is drawn at that scale, and the recipe is still the identity at the start
+    model = get_peft_model(bare_bert(), CompacterConfig(bottleneck_size=K)).eval()
+    rule = next(p for n, p in model.named_parameters() if "phm_rule" in n)
+    assert 0.05 < rule.std().item() < 0.2
+    inputs = tiny_inputs("bert")
+    with torch.no_grad():
+        with model.disable_adapter():
+            base = model(**inputs).last_hidden_state
+        assert torch.equal(model(**inputs).last_hidden_state, base)
+    model.save_pretrained(tmp_path)  # the resolved scale is saved, so a reload does not depend on today's default
+    saved = CompacterConfig.from_pretrained(tmp_path)
+    assert (saved.phm_init_range, saved.phm_rank) == (0.1, 4)
 
 
 def test_compacter_plus_plus_is_feed_forward_only():
