@@ -49,6 +49,10 @@ ROWS = {
     "learned-scaling": ("rules N(0, 0.1), learned scaling", {**STAGE_2, "scaling": "learned"}, {}),
     "rank-4": ("rules N(0, 0.1), phm_rank 4", {**STAGE_2, "phm_rank": 4}, {}),
     "rank-8": ("rules N(0, 0.1), phm_rank 8", {**STAGE_2, "phm_rank": 8}, {}),
+    "full-B": ("rules N(0, 0.1), unfactorised B_i (factorized_phm_W=False)",
+               {**STAGE_2, "factorized_phm_W": False}, {}),
+    "rank-4-per-layer-rule": ("rules N(0, 0.1), phm_rank 4, a rule per layer",
+                              {**STAGE_2, "phm_rank": 4, "shared_phm_rule": False}, {}),
     "per-layer-rule": ("rules N(0, 0.1), a rule per layer (shared_phm_rule=False)",
                        {**STAGE_2, "shared_phm_rule": False}, {}),
     "no-warmup": ("rules N(0, 0.1), no warm-up (the protocol warms up over 10% of the steps)", STAGE_2,
@@ -130,14 +134,33 @@ def report(output_dir: Path, reference_path: Path) -> str:
             label = ROWS[row][0]
             gap = 100 * (summary["test"] - statistics.mean(houlsby))
             met = [gap >= -2, summary["worst"] >= statistics.mean(head), 100 * summary["std"] <= 2]
+            seeds = "" if summary["seeds"] == 3 else f" ({summary['seeds']} seeds so far)"
             grid = ", ".join(f"{k}: {v:.3f}" for k, v in summary["grid"].items())
             flags = "all met" if all(met) and summary["seeds"] == 3 else ", ".join(
                 name for name, ok in zip(("gap", "worst", "spread"), met) if not ok) + " not met" if not all(
                 met) else f"{summary['seeds']} seeds only"
             lines.append(f"| {row} | {label} | {summary['learning_rate']:g} | {grid} | {summary['validation']:.4f} | "
-                         f"{summary['test']:.4f} +- {summary['std']:.4f} | {summary['worst']:.4f} | {gap:+.1f} | "
+                         f"{summary['test']:.4f} +- {summary['std']:.4f}{seeds} | {summary['worst']:.4f} | {gap:+.1f} | "
                          f"{flags} |")
         lines.append("")
+    return "\n".join(lines)
+
+
+def compact(output_dir: Path) -> str:
+    """One line per row, both tasks: the README's table."""
+    lines = ["| row | what changes | sentiment: lr, validation, test | topics: lr, validation, test | trainable |",
+             "|---|---|---|---|---|"]
+    for row, (label, _, _) in ROWS.items():
+        path = output_dir / f"{row}.json"
+        if not path.exists():
+            continue
+        runs = json.loads(path.read_text())["runs"]
+        cells = []
+        for task in accuracy.TASKS:
+            s = row_summary(runs, task)
+            cells.append("-" if s is None else f"{s['learning_rate']:g}, {s['validation']:.3f}, {s['test']:.4f} +- "
+                         f"{s['std']:.4f}" + ("" if s["seeds"] == 3 else f" ({s['seeds']} seeds)"))
+        lines.append(f"| {row} | {label} | {cells[0]} | {cells[1]} | {runs[0]['trainable']:,} |")
     return "\n".join(lines)
 
 
@@ -161,7 +184,7 @@ def main(argv=None) -> None:
         run_rows(args.rows, args.tasks, args.seeds, args.output_dir, args.epochs, args.quick)
     table = report(args.output_dir, args.reference)
     print(table)
-    (args.output_dir / "table.md").write_text(table + "\n")
+    (args.output_dir / "table.md").write_text(table + "\n\n" + compact(args.output_dir) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ class CompacterConfig(BottleneckConfig):
     ``W = sum_{i=1..n} A_i (x) B_i``, with the rules ``A_i`` shared across layers and ``B_i = s_i t_i^T``.
 
     ``placement='houlsby'`` (default) is Compacter (AdapterHub's ``compacter``); ``placement='pfeiffer'`` is
-    Compacter++ (``compacter++``: feed-forward only, ``original_ln_before=True``). Defaults follow the paper and
+    Compacter++ (``compacter++``: feed-forward only, ``original_ln_before=True``). Sizes follow the paper and
     AdapterHub: n = 4, reduction factor 32, gelu, shared rule, factorised ``B_i``. The init and the rank are our
     recipe (identity at the start, rules N(0, 0.1), rank-4 ``B_i``: it learns within a short budget);
     ``init_weights="adapterhub"`` is AdapterHub's exact preset (Glorot factors, rules N(0, 1e-4), rank 1).
@@ -87,8 +87,7 @@ class CompacterConfig(BottleneckConfig):
             "help": "True: our recipe: zero up-projection (the last factor of its B_i, and its bias), so a fresh "
             "adapter is the identity, rules N(0, 0.1) and rank-4 B_i (see phm_init_range, phm_rank). 'adapterhub': "
             "AdapterHub's exact preset (Glorot factors for both projections, so not the identity; rules N(0, 1e-4), "
-            "rank 1). False: random "
-            "factors and rules of order 1, clearly non-identity (tests)."
+            "rank 1). False: random factors and rules of order 1, clearly non-identity (tests)."
         },
     )
 
