@@ -99,10 +99,6 @@ def quiet(verbose: bool) -> None:
     """No warning a user cannot act on: loading reports for a new head, deprecations inside the libraries."""
     if verbose:
         return
-    import logging
-
-    # bitsandbytes (when installed) logs a missing optional CPU kernel at import on some CPUs; unused here
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     import torch
     import transformers
 
