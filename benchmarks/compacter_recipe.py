@@ -136,9 +136,11 @@ def report(output_dir: Path, reference_path: Path) -> str:
             met = [gap >= -2, summary["worst"] >= statistics.mean(head), 100 * summary["std"] <= 2]
             seeds = "" if summary["seeds"] == 3 else f" ({summary['seeds']} seeds so far)"
             grid = ", ".join(f"{k}: {v:.3f}" for k, v in summary["grid"].items())
-            flags = "all met" if all(met) and summary["seeds"] == 3 else ", ".join(
-                name for name, ok in zip(("gap", "worst", "spread"), met) if not ok) + " not met" if not all(
-                met) else f"{summary['seeds']} seeds only"
+            missed = [name for name, ok in zip(("gap", "worst", "spread"), met) if not ok]
+            if missed:
+                flags = ", ".join(missed) + " not met"
+            else:
+                flags = "all met" if summary["seeds"] == 3 else f"{summary['seeds']} seeds only"
             lines.append(f"| {row} | {label} | {summary['learning_rate']:g} | {grid} | {summary['validation']:.4f} | "
                          f"{summary['test']:.4f} +- {summary['std']:.4f}{seeds} | {summary['worst']:.4f} | {gap:+.1f} | "
                          f"{flags} |")
