@@ -4,7 +4,7 @@ The rates come from the accuracy benchmark's grids (MiniLM-L6, AdamW, batch 32, 
 kind's rate is the one with the best validation accuracy on the bundled sentiment task (76 optimizer steps);
 ``python benchmarks/learning_rates.py`` redoes the choice from the stored runs and checks it on the bundled topic
 task (benchmarks/results/learning_rates.md). That check shows their limit: with only 38 steps, most kinds do best
-at about three times these rates. They suit budgets of a hundred to a few thousand steps on encoders of this size;
+at three or more times these rates. They suit budgets of a hundred to a few thousand steps on encoders of this size;
 a very short run wants a larger rate, a long run or a much larger model usually a smaller one. The hypernetwork's
 rate is the better of the two measured in benchmarks/multitask.py.
 """
