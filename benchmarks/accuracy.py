@@ -75,8 +75,10 @@ def build_model(method: str, num_labels: int):
     return model
 
 
-def load_task(task: str, tokenizer, quick: bool):
-    loader, n_train, max_length = TASKS[task]
+def load_task(task: str, tokenizer, quick: bool, n_train: int | None = None):
+    """The task's splits, tokenized; ``n_train`` replaces the task's training-set size (another budget)."""
+    loader, default_n_train, max_length = TASKS[task]
+    n_train = n_train or default_n_train
     splits = loader()
     if quick:
         n_train = 64
