@@ -4,7 +4,9 @@ PEFT LoRA, 3 seeds, learning rate per method chosen on validation only.
     python benchmarks/accuracy.py                       # both tasks, every method (83 runs, about 1.5 h on one core)
     python benchmarks/accuracy.py --tasks topic --methods houlsby lora --seeds 0 --quick   # smoke run
 
-Protocol: every learning rate of a method's grid is trained with the first seed; when the best validation accuracy
+Protocol: the new classifier head trains at its own rate (``--head-learning-rate``, default
+``peft_bottleneck.RECOMMENDED_HEAD_LEARNING_RATE``; ``same`` trains it at the method's rate, the protocol of the
+2026-11 tables); every learning rate of a method's grid is trained with the first seed; when the best validation accuracy
 sits at an edge of the grid, one more rate a step beyond that edge is tried; the rate with the best validation
 accuracy is kept (test is never looked at), and the remaining seeds are trained at that rate. Reported: test
 accuracy and macro-F1 (mean and standard deviation over the seeds), trainable-parameter share, training wall time.
@@ -35,7 +37,14 @@ from transformers import (  # noqa: E402
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from peft_bottleneck import BottleneckConfig, CompacterConfig, LowRankConfig, ParallelAdapterConfig  # noqa: E402
+from peft_bottleneck import (  # noqa: E402
+    RECOMMENDED_HEAD_LEARNING_RATE,
+    BottleneckConfig,
+    CompacterConfig,
+    LowRankConfig,
+    ParallelAdapterConfig,
+    create_adapter_optimizer,
+)
 from peft_bottleneck.bundled import minilm_path, sentiment_splits, topic_splits  # noqa: E402
 from peft_bottleneck.metrics import load_classification_metric  # noqa: E402
 
@@ -91,9 +100,24 @@ def load_task(task: str, tokenizer, quick: bool, n_train: int | None = None):
     return tokenized, len(set(splits["train"]["label"]))
 
 
+def head_rate_optimizer(method: str, model, learning_rate: float, head_learning_rate: float | None):
+    """The optimizer for a run: None (the Trainer's own, one rate) when the head trains at the method's rate or
+    the head is all that trains; else the body / adapters at ``learning_rate`` and the head at its own rate."""
+    make = METHODS[method][0]
+    if head_learning_rate is None or make == "head":
+        return None
+    if make != "full":
+        return create_adapter_optimizer(model, lr=learning_rate, head_lr=head_learning_rate, weight_decay=0.0)
+    head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
+    body = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
+    return torch.optim.AdamW([{"params": body, "lr": learning_rate}, {"params": head, "lr": head_learning_rate}],
+                             lr=learning_rate, weight_decay=0.0)
+
+
 def train_once(method, task, data, num_labels, tokenizer, learning_rate, seed, args) -> dict:
     torch.manual_seed(seed)
     model = build_model(method, num_labels)
+    optimizer = head_rate_optimizer(method, model, learning_rate, getattr(args, "head_learning_rate", None))
     metric = load_classification_metric()
     protocol = dict(per_device_train_batch_size=32, per_device_eval_batch_size=128, learning_rate=learning_rate,
                     num_train_epochs=args.epochs, warmup_steps=0.1, weight_decay=0.0, save_strategy="no",
@@ -102,7 +126,7 @@ def train_once(method, task, data, num_labels, tokenizer, learning_rate, seed, a
     training_args = TrainingArguments(output_dir=os.path.join(args.scratch_dir, task, method),
                                       **{**protocol, **TRAINING_OVERRIDES.get(method, {})})
     trainer = Trainer(model=model, args=training_args, train_dataset=data["train"],
-                      data_collator=DataCollatorWithPadding(tokenizer),
+                      data_collator=DataCollatorWithPadding(tokenizer), optimizers=(optimizer, None),
                       compute_metrics=lambda p: metric.compute(predictions=np.argmax(p.predictions, -1),
                                                                references=p.label_ids))
     start = time.perf_counter()
@@ -122,7 +146,10 @@ class RunStore:
 
     def __init__(self, path: Path, settings: dict):
         self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
         saved = json.loads(path.read_text()) if path.exists() else {"settings": settings, "runs": []}
+        saved["settings"].setdefault("head_learning_rate", None)  # stores of the 2026-11 protocol lack the key
+        settings = {"head_learning_rate": None, **settings}
         saved_tasks = saved["settings"]["tasks"]
         clash = [t for t, v in settings["tasks"].items() if saved_tasks.get(t, v) != v]
         rest = {k: v for k, v in settings.items() if k != "tasks"}
@@ -139,10 +166,19 @@ class RunStore:
         return None
 
     def add(self, run: dict) -> None:
-        self.runs.append(run)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"settings": self.settings, "runs": self.runs}, indent=1))
-        tmp.replace(self.path)
+        """Append under a lock, re-reading the file first: processes running other tasks may share one store."""
+        import fcntl
+
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.exists():
+                saved = json.loads(self.path.read_text())
+                self.settings["tasks"] = {**saved["settings"]["tasks"], **self.settings["tasks"]}
+                self.runs = saved["runs"]
+            self.runs.append(run)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"settings": self.settings, "runs": self.runs}, indent=1))
+            tmp.replace(self.path)
 
 
 def run_method(store, method, task, data, num_labels, tokenizer, args) -> list[dict]:
@@ -179,9 +215,16 @@ def summarize(runs: list[dict]) -> dict:
             "trainable": runs[0]["trainable"], "seconds": statistics.mean(run["seconds"] for run in runs)}
 
 
+def head_rate_text(head_learning_rate) -> str:
+    if head_learning_rate is None:
+        return "the head trains at the method's rate"
+    return f"the new head trains at {head_learning_rate:g} (head only: at the grid's rate)"
+
+
 def markdown(summaries: dict, args) -> str:
     lines = [f"MiniLM-L6 (bundled), {args.epochs:g} epochs, batch 32, seeds {args.seeds}; learning rate chosen on "
-             "validation with the first seed; test accuracy and macro-F1 as mean +- std over seeds.", ""]
+             f"validation with the first seed; {head_rate_text(args.head_learning_rate)}; test accuracy and "
+             "macro-F1 as mean +- std over seeds.", ""]
     for task, by_method in summaries.items():
         full = by_method.get("full")
         lines += [f"**{task}**", "",
@@ -218,6 +261,15 @@ def plot(summaries: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def head_rate_arg(text: str) -> float | None:
+    if text == "same":
+        return None
+    rate = float(text)
+    if not rate > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 or 'same', got {text}")
+    return rate
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(TASKS))
@@ -225,12 +277,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--quick", action="store_true", help="64 examples per split: checks the script only")
-    parser.add_argument("--output", type=Path, default=RESULTS / "accuracy_minilm.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "accuracy_minilm_head_rate.json")
     parser.add_argument("--scratch-dir", default="outputs/accuracy")
+    parser.add_argument("--head-learning-rate", type=head_rate_arg, default=RECOMMENDED_HEAD_LEARNING_RATE,
+                        help="rate of the new classifier head; 'same': the method's rate (the 2026-11 protocol)")
     args = parser.parse_args(argv)
     hf_logging.set_verbosity_error()
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     store = RunStore(args.output, {"epochs": args.epochs, "quick": args.quick,
+                                   "head_learning_rate": args.head_learning_rate,
                                    "tasks": {t: list(TASKS[t][1:]) for t in args.tasks}})
     summaries = {}
     for task in args.tasks:

@@ -21,7 +21,12 @@ from .compression import (
     set_adapter_drop,
 )
 from .composition import Average, BatchSplit, Fuse, Parallel, Stack, add_fusion, compose, fusion_attention, load_composed
-from .learning_rates import RECOMMENDED_LEARNING_RATES, recommended_learning_rate
+from .learning_rates import (
+    RECOMMENDED_HEAD_LEARNING_RATE,
+    RECOMMENDED_LEARNING_RATES,
+    create_adapter_optimizer,
+    recommended_learning_rate,
+)
 from .multitask import TaskCollator, TaskMaskedLoss
 from .tuners import (
     AdapterConfigBase,
@@ -53,7 +58,9 @@ __version__ = "0.2.0"
 
 __all__ = [
     "ALLOWED_NON_LINEARITIES",
+    "RECOMMENDED_HEAD_LEARNING_RATE",
     "RECOMMENDED_LEARNING_RATES",
+    "create_adapter_optimizer",
     "recommended_learning_rate",
     "Average",
     "BatchSplit",

@@ -11,6 +11,8 @@ rate is the better of the two measured in benchmarks/multitask.py.
 
 from __future__ import annotations
 
+import math
+
 # kind: rate. Chosen by benchmarks/learning_rates.py (tests/test_learning_rates.py checks this table against it);
 # hypernetwork: benchmarks/results/multitask_hyper_lr3e-4_minilm.json against multitask_hyper_minilm.json (2e-3).
 RECOMMENDED_LEARNING_RATES = {
@@ -22,6 +24,8 @@ RECOMMENDED_LEARNING_RATES = {
     "low-rank": 3e-3,
     "hypernetwork": 3e-4,
 }
+# The rate of a new task head (``modules_to_save``) trained beside the adapters (create_adapter_optimizer).
+RECOMMENDED_HEAD_LEARNING_RATE = 3e-2
 
 
 def adapter_kind_name(config) -> str:
@@ -48,3 +52,57 @@ def adapter_kind_name(config) -> str:
 def recommended_learning_rate(config) -> float:
     """The learning rate to start with for ``config``'s adapter kind (see the module docstring for its origin)."""
     return RECOMMENDED_LEARNING_RATES[adapter_kind_name(config)]
+
+
+def head_parameters(model) -> list:
+    """The trainable tensors of ``modules_to_save`` copies (PEFT's ``ModulesToSaveWrapper``): a new task head."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    found = {}
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            for parameter in module.modules_to_save.parameters():
+                if parameter.requires_grad:
+                    found[id(parameter)] = parameter
+    return list(found.values())
+
+
+def _check_rate(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _active_config(model):
+    configs = getattr(model, "peft_config", None)
+    if not configs:
+        raise TypeError(f"lr=None needs a PeftModel to find the adapter kind's rate, got {type(model).__name__}; "
+                        "pass lr=")
+    active = getattr(model, "active_adapter", None)
+    name = active if isinstance(active, str) else next(iter(configs))
+    return configs[name]
+
+
+def create_adapter_optimizer(model, optimizer_cls=None, *, lr: float | None = None, head_lr: float | None = None,
+                             **kwargs):
+    """An optimizer with two parameter groups: the adapters at ``lr`` and the task head (``modules_to_save``, e.g.
+    a new classifier) at ``head_lr``. Pass it to the Trainer: ``Trainer(..., optimizers=(optimizer, None))``; the
+    Trainer's scheduler (warm-up, decay) then scales both groups.
+
+    ``lr=None``: the adapter kind's recommended rate (``recommended_learning_rate``); ``head_lr=None``:
+    ``RECOMMENDED_HEAD_LEARNING_RATE``. A fresh head needs a larger rate than the adapters: at the adapters' rate it
+    is still near its random init after a short run. ``optimizer_cls`` defaults to ``torch.optim.AdamW``; other
+    keyword arguments (``weight_decay``, ``betas``...) go to it.
+    """
+    import torch
+
+    lr = recommended_learning_rate(_active_config(model)) if lr is None else _check_rate("lr", lr)
+    head_lr = RECOMMENDED_HEAD_LEARNING_RATE if head_lr is None else _check_rate("head_lr", head_lr)
+    head = head_parameters(model)
+    head_ids = {id(p) for p in head}
+    adapters = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    if not adapters and not head:
+        raise ValueError("the model has no trainable parameters; attach an adapter (get_peft_model) first")
+    groups = [{"params": params, "lr": rate, "name": name}
+              for name, params, rate in (("adapters", adapters, lr), ("head", head, head_lr)) if params]
+    return (optimizer_cls or torch.optim.AdamW)(groups, lr=lr, **kwargs)
