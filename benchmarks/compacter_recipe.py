@@ -75,13 +75,16 @@ def register_rows() -> None:
         accuracy.TRAINING_OVERRIDES[method] = training
 
 
-def run_rows(rows, tasks, seeds, output_dir: Path, epochs: float, quick: bool = False) -> None:
+def run_rows(rows, tasks, seeds, output_dir: Path, epochs: float, quick: bool = False,
+             head_learning_rate: float | None = None) -> None:
     tokenizer = accuracy.AutoTokenizer.from_pretrained(accuracy.minilm_path())
-    args = argparse.Namespace(seeds=seeds, epochs=epochs, scratch_dir="outputs/compacter_recipe")
+    args = argparse.Namespace(seeds=seeds, epochs=epochs, scratch_dir="outputs/compacter_recipe",
+                              head_learning_rate=head_learning_rate)
     output_dir.mkdir(parents=True, exist_ok=True)
     data = {task: accuracy.load_task(task, tokenizer, quick=quick) for task in tasks}
     for row in rows:
         store = accuracy.RunStore(output_dir / f"{row}.json", {"epochs": epochs, "quick": quick,
+                                                               "head_learning_rate": head_learning_rate,
                                                                "tasks": {t: list(accuracy.TASKS[t][1:]) for t in tasks}})
         for task in tasks:
             accuracy.run_method(store, f"compacter:{row}", task, *data[task], tokenizer, args)
@@ -173,17 +176,28 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
-    parser.add_argument("--output-dir", type=Path, default=RESULTS / "compacter_recipe")
-    parser.add_argument("--reference", type=Path, default=RESULTS / "accuracy_minilm.json")
+    parser.add_argument("--head-learning-rate", type=accuracy.head_rate_arg,
+                        default=accuracy.RECOMMENDED_HEAD_LEARNING_RATE,
+                        help="rate of the new classifier head; 'same': the adapter's rate (the 2026-12-03 ablation)")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="default: results/compacter_recipe_head_rate (results/compacter_recipe with 'same')")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="Houlsby and head only under the same protocol (default: the accuracy benchmark's "
+                        "accuracy_minilm_head_rate.json, or accuracy_minilm.json with 'same')")
     parser.add_argument("--report", action="store_true", help="only print and write the table of finished runs")
     parser.add_argument("--quick", action="store_true", help="64 examples per split: checks the script only")
     args = parser.parse_args(argv)
+    one_rate = args.head_learning_rate is None
+    args.output_dir = args.output_dir or RESULTS / ("compacter_recipe" if one_rate else "compacter_recipe_head_rate")
+    args.reference = args.reference or RESULTS / ("accuracy_minilm.json" if one_rate else
+                                                  "accuracy_minilm_head_rate.json")
     accuracy.hf_logging.set_verbosity_error()
     if args.threads:
         accuracy.torch.set_num_threads(args.threads)
     register_rows()
     if not args.report:
-        run_rows(args.rows, args.tasks, args.seeds, args.output_dir, args.epochs, args.quick)
+        run_rows(args.rows, args.tasks, args.seeds, args.output_dir, args.epochs, args.quick,
+                 args.head_learning_rate)
     table = report(args.output_dir, args.reference)
     print(table)
     (args.output_dir / "table.md").write_text(table + "\n\n" + compact(args.output_dir) + "\n")

@@ -37,6 +37,7 @@ class RunResult:
     seconds: float
     learning_rate: float
     history: list = field(default_factory=list)  # (step, training loss) and (step, validation accuracy)
+    head_learning_rate: float | None = None  # the new head's own rate beside an adapter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="default: the kind's recommended rate (peft_bottleneck.recommended_learning_rate)")
-    parser.add_argument("--head-learning-rate", type=float, default=1e-2)
+    parser.add_argument("--head-learning-rate", type=float, default=None,
+                        help="rate of the new classifier head, beside the adapter and in the head-only baseline "
+                        "(default: peft_bottleneck.RECOMMENDED_HEAD_LEARNING_RATE)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
@@ -142,7 +145,7 @@ def load_data(args, tokenizer):
     return tokenized, num_labels
 
 
-def train(name, model, args, data, tokenizer, learning_rate, scratch) -> RunResult:
+def train(name, model, args, data, tokenizer, learning_rate, scratch, optimizer=None) -> RunResult:
     import numpy as np
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
@@ -160,10 +163,11 @@ def train(name, model, args, data, tokenizer, learning_rate, scratch) -> RunResu
     )
     trainer = Trainer(
         model=model, args=training_args, train_dataset=data["train"], eval_dataset=data["validation"],
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=DataCollatorWithPadding(tokenizer), optimizers=(optimizer, None),
         compute_metrics=lambda p: metric.compute(predictions=np.argmax(p.predictions, axis=-1),
                                                  references=p.label_ids),
     )
+    head_rates = [g["lr"] for g in optimizer.param_groups if g.get("name") == "head"] if optimizer else []
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -173,7 +177,7 @@ def train(name, model, args, data, tokenizer, learning_rate, scratch) -> RunResu
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     result = RunResult(name, test["test_accuracy"], test["test_macro_f1"], trainable, total, seconds, learning_rate,
-                       history)
+                       history, head_rates[0] if head_rates else None)
     print(f"{name}: test accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f}, {seconds:.0f} s")
     return trainer, result
 
@@ -211,7 +215,8 @@ def table(results: list[RunResult]) -> str:
     lines = ["| method | learning rate | test accuracy | test macro-F1 | trained params | share | train time (s) |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.name} | {r.learning_rate:g} | {r.accuracy:.4f} | {r.macro_f1:.4f} | {r.trainable:,} | "
+        rate = f"{r.learning_rate:g}" + (f" (head {r.head_learning_rate:g})" if r.head_learning_rate else "")
+        lines.append(f"| {r.name} | {rate} | {r.accuracy:.4f} | {r.macro_f1:.4f} | {r.trainable:,} | "
                      f"{100 * r.trainable / r.total:.2f}% | {r.seconds:.0f} |")
     return "\n".join(lines)
 
@@ -257,7 +262,7 @@ def main(argv=None, parser=None) -> list[RunResult]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .bundled import minilm_path
-    from .learning_rates import recommended_learning_rate
+    from .learning_rates import RECOMMENDED_HEAD_LEARNING_RATE, create_adapter_optimizer, recommended_learning_rate
 
     torch.manual_seed(args.seed)
     output_dir = Path(args.output_dir)
@@ -268,16 +273,19 @@ def main(argv=None, parser=None) -> list[RunResult]:
     print(f"data: {', '.join(f'{k} {len(v)}' for k, v in data.items())}; model: {model_path}")
     config = adapter_config(args.adapter)
     learning_rate = args.learning_rate or recommended_learning_rate(config)  # documented per kind, no search
+    head_learning_rate = args.head_learning_rate or RECOMMENDED_HEAD_LEARNING_RATE
 
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".scratch-") as scratch:
         base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
         model = get_peft_model(base, config)
-        trainer, adapter_result = train(args.adapter, model, args, data, tokenizer, learning_rate, Path(scratch))
+        optimizer = create_adapter_optimizer(model, lr=learning_rate, head_lr=head_learning_rate, weight_decay=0.0)
+        trainer, adapter_result = train(args.adapter, model, args, data, tokenizer, learning_rate, Path(scratch),
+                                        optimizer)
         check_reload(trainer, output_dir, model_path, num_labels, data)
         results = [adapter_result]
         if not args.skip_baseline:
             head = head_only_model(model_path, num_labels)
-            head_trainer, head_result = train("head-only", head, args, data, tokenizer, args.head_learning_rate,
+            head_trainer, head_result = train("head-only", head, args, data, tokenizer, head_learning_rate,
                                               Path(scratch))
             results.append(head_result)
             if args.keep_baseline:

@@ -73,14 +73,18 @@ def _check_rate(name: str, value) -> float:
     return float(value)
 
 
-def _active_config(model):
+def _active_rate(model) -> float:
+    """The recommended rate of the model's active adapters (one kind among them, else the caller passes lr=)."""
     configs = getattr(model, "peft_config", None)
     if not configs:
         raise TypeError(f"lr=None needs a PeftModel to find the adapter kind's rate, got {type(model).__name__}; "
                         "pass lr=")
-    active = getattr(model, "active_adapter", None)
-    name = active if isinstance(active, str) else next(iter(configs))
-    return configs[name]
+    active = getattr(model, "active_adapters", None) or getattr(model, "active_adapter", None) or list(configs)
+    names = [active] if isinstance(active, str) else list(active)
+    rates = {recommended_learning_rate(configs[name]) for name in names if name in configs}
+    if len(rates) != 1:
+        raise TypeError(f"the active adapters {names} have no single recommended rate; pass lr=")
+    return rates.pop()
 
 
 def create_adapter_optimizer(model, optimizer_cls=None, *, lr: float | None = None, head_lr: float | None = None,
@@ -96,7 +100,7 @@ def create_adapter_optimizer(model, optimizer_cls=None, *, lr: float | None = No
     """
     import torch
 
-    lr = recommended_learning_rate(_active_config(model)) if lr is None else _check_rate("lr", lr)
+    lr = _active_rate(model) if lr is None else _check_rate("lr", lr)
     head_lr = RECOMMENDED_HEAD_LEARNING_RATE if head_lr is None else _check_rate("head_lr", head_lr)
     head = head_parameters(model)
     head_ids = {id(p) for p in head}

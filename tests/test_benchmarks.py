@@ -44,6 +44,25 @@ def test_fusion_quick(tmp_path):
     assert {"sentiment_alone", "fusion", "average"} <= set(saved["runs"][0]) and (tmp_path / "f.png").exists()
 
 
+def test_run_store_is_shared_by_processes_and_keeps_protocols_apart(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    import accuracy
+
+    settings = {"epochs": 2, "quick": False, "head_learning_rate": 0.03, "tasks": {"topic": [600, 64]}}
+    topic = accuracy.RunStore(tmp_path / "s.json", settings)
+    sentiment = accuracy.RunStore(tmp_path / "s.json", {**settings, "tasks": {"sentiment": [1200, 64]}})
+    topic.add({"task": "topic", "method": "houlsby", "learning_rate": 3e-3, "seed": 0})
+    sentiment.add({"task": "sentiment", "method": "houlsby", "learning_rate": 3e-3, "seed": 0})  # read before it
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert [r["task"] for r in saved["runs"]] == ["topic", "sentiment"]
+    assert set(saved["settings"]["tasks"]) == {"topic", "sentiment"}
+    old = tmp_path / "old.json"  # a store of the 2026-11 protocol: the head trained at the method's rate
+    old.write_text(json.dumps({"settings": {"epochs": 2, "quick": False, "tasks": {"topic": [600, 64]}}, "runs": []}))
+    with pytest.raises(ValueError, match="other settings"):
+        accuracy.RunStore(old, settings)
+    assert accuracy.RunStore(old, {**settings, "head_learning_rate": None}).runs == []
+
+
 @needs_bundles
 def test_accuracy_quick_resumes(tmp_path):
     args = ["--quick", "--tasks", "topic", "--methods", "houlsby", "head-only", "--seeds", "0", "1", "--epochs", "1",

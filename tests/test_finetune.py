@@ -8,7 +8,7 @@ import sys
 import pytest
 from test_bundled import needs_bundles
 
-from peft_bottleneck import BottleneckConfig, recommended_learning_rate
+from peft_bottleneck import RECOMMENDED_HEAD_LEARNING_RATE, BottleneckConfig, recommended_learning_rate
 from peft_bottleneck.finetune import main
 
 
@@ -63,6 +63,9 @@ def test_main_job_writes_results_a_plot_and_no_checkpoints(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["name"] for r in saved["runs"]] == ["houlsby", "head-only"]
     assert saved["runs"][0]["learning_rate"] == recommended_learning_rate(BottleneckConfig())  # no --learning-rate
+    # the new head trains at its own rate, beside the adapter and alone in the baseline
+    assert saved["runs"][0]["head_learning_rate"] == RECOMMENDED_HEAD_LEARNING_RATE
+    assert saved["runs"][1]["learning_rate"] == RECOMMENDED_HEAD_LEARNING_RATE
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["history"] for r in saved["runs"])
     assert any("eval_accuracy" in e for e in saved["runs"][0]["history"])
     assert "| houlsby |" in (tmp_path / "results.md").read_text()
