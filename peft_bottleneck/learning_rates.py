@@ -95,8 +95,9 @@ def create_adapter_optimizer(model, optimizer_cls=None, *, lr: float | None = No
 
     ``lr=None``: the adapter kind's recommended rate (``recommended_learning_rate``); ``head_lr=None``:
     ``RECOMMENDED_HEAD_LEARNING_RATE``. A fresh head needs a larger rate than the adapters: at the adapters' rate it
-    is still near its random init after a short run. ``optimizer_cls`` defaults to ``torch.optim.AdamW``; other
-    keyword arguments (``weight_decay``, ``betas``...) go to it.
+    is still near its random init after a short run. ``optimizer_cls`` defaults to ``torch.optim.AdamW`` with
+    ``weight_decay=0.0`` (the Trainer's default, with which the rates were measured); other keyword arguments
+    (``weight_decay``, ``betas``...) go to it.
     """
     import torch
 
@@ -109,4 +110,7 @@ def create_adapter_optimizer(model, optimizer_cls=None, *, lr: float | None = No
         raise ValueError("the model has no trainable parameters; attach an adapter (get_peft_model) first")
     groups = [{"params": params, "lr": rate, "name": name}
               for name, params, rate in (("adapters", adapters, lr), ("head", head, head_lr)) if params]
-    return (optimizer_cls or torch.optim.AdamW)(groups, lr=lr, **kwargs)
+    if optimizer_cls is None:
+        optimizer_cls = torch.optim.AdamW
+        kwargs.setdefault("weight_decay", 0.0)
+    return optimizer_cls(groups, lr=lr, **kwargs)

@@ -74,6 +74,7 @@ def test_adapters_at_their_kinds_rate_and_the_head_at_the_head_rate(config):
     # every trainable tensor is in exactly one group, nothing frozen is
     assert head | adapters == {n for n, p in model.named_parameters() if p.requires_grad}
     assert not head & adapters
+    assert all(g["weight_decay"] == 0.0 for g in groups.values())  # the Trainer's default, as measured
 
 
 def test_given_rates_and_optimizer_arguments_win():
