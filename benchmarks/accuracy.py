@@ -64,13 +64,14 @@ METHODS = {
     "parallel": (lambda: ParallelAdapterConfig(task_type="SEQ_CLS"), (1e-3, 3e-3)),
     "compacter": (lambda: CompacterConfig(task_type="SEQ_CLS"), (3e-3, 1e-2)),
     "compacter++": (lambda: CompacterConfig(task_type="SEQ_CLS", placement="pfeiffer"), (3e-3, 1e-2)),
+    "compacter-rank4": (lambda: CompacterConfig(task_type="SEQ_CLS", phm_rank=4), (3e-3, 1e-2)),  # the 12-03 default
     "low-rank": (lambda: LowRankConfig(task_type="SEQ_CLS"), (3e-3, 1e-2)),
     "lora": (lambda: LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16), (1e-3, 3e-3)),
 }
 # method: extra TrainingArguments for it (e.g. a warm-up ablation row); the default is the table's protocol.
 TRAINING_OVERRIDES: dict[str, dict] = {}
 LABELS = {"full": "full fine-tuning", "head-only": "head only", "houlsby": "Houlsby", "pfeiffer": "Pfeiffer",
-          "parallel": "parallel", "compacter": "Compacter", "compacter++": "Compacter++",
+          "parallel": "parallel", "compacter": "Compacter", "compacter++": "Compacter++", "compacter-rank4": "Compacter, rank 4",
           "low-rank": "low-rank (r=1)", "lora": "PEFT LoRA r8"}
 
 

@@ -33,7 +33,9 @@ RESULTS = Path(__file__).parent / "results"
 OLD_DEFAULT = dict(init_weights=True, phm_init_range=1e-4, phm_c_init="normal", scaling=1.0, phm_rank=1,
                    shared_phm_rule=True, placement="houlsby")
 STAGE_2 = {**OLD_DEFAULT, "phm_init_range": 0.1}  # the other factors were varied on this init, run first
-RECIPE = {**STAGE_2, "phm_rank": 4}  # what CompacterConfig() is today (tests check it)
+RECIPE_2026_12_03 = {**STAGE_2, "phm_rank": 4}  # the recipe adopted on 2026-12-03 (one head rate)
+RECIPE = {**STAGE_2, "phm_rank": 8}  # what CompacterConfig() is today (tests check it)
+RECIPE_PLUS_PLUS = {**STAGE_2, "phm_rank": 4, "placement": "pfeiffer"}  # CompacterConfig(placement="pfeiffer")
 
 # row: (what it changes, CompacterConfig fields, extra TrainingArguments). Stage 1 varies the init of our old
 # default; stage 2 varies one other choice on the N(0, 0.1) rules; the last rows are the adopted recipe.
@@ -57,11 +59,13 @@ ROWS = {
                        {**STAGE_2, "shared_phm_rule": False}, {}),
     "no-warmup": ("rules N(0, 0.1), no warm-up (the protocol warms up over 10% of the steps)", STAGE_2,
                   {"warmup_steps": 0}),
+    "rank-8++": ("Compacter++: rules N(0, 0.1), phm_rank 8", {**STAGE_2, "phm_rank": 8, "placement": "pfeiffer"}, {}),
     "adapterhub++": ("Compacter++: AdapterHub's preset", {**OLD_DEFAULT, "init_weights": "adapterhub",
                                                           "placement": "pfeiffer"}, {}),
-    "recipe": ("adopted: zero up-projection, rules N(0, 0.1), phm_rank 4 (the rank-4 row)", RECIPE, {}),
-    "recipe++": ("Compacter++, adopted: zero up-projection, rules N(0, 0.1), phm_rank 4", {**RECIPE, "placement":
-                                                                                          "pfeiffer"}, {}),
+    "recipe": ("adopted on 2026-12-03: zero up-projection, rules N(0, 0.1), phm_rank 4 (the rank-4 row)",
+               RECIPE_2026_12_03, {}),
+    "recipe++": ("Compacter++, adopted on 2026-12-03: zero up-projection, rules N(0, 0.1), phm_rank 4",
+                 {**RECIPE_2026_12_03, "placement": "pfeiffer"}, {}),
 }
 RATES = accuracy.METHODS["compacter"][1]
 SEEDS = (0, 1, 2)

@@ -120,6 +120,8 @@ def test_compacter_recipe_quick_and_its_recipe_is_the_default(tmp_path):
     from peft_bottleneck import CompacterConfig
 
     for fields, config in ((compacter_recipe.RECIPE, CompacterConfig()),
+                           (compacter_recipe.RECIPE_PLUS_PLUS, CompacterConfig(placement="pfeiffer")),
+                           (compacter_recipe.ROWS["rank-8"][1], CompacterConfig()),
                            (compacter_recipe.ROWS["adapterhub"][1], CompacterConfig(init_weights="adapterhub"))):
         assert {k: getattr(config, k) for k in fields} == fields
 

@@ -43,9 +43,9 @@ def test_paper_formula_without_biases():
     # Mahabadi et al.: Compacter has 4L(k + d) + n^3 parameters (rank 1, shared rule, no biases), L = layers
     model = get_peft_model(bare_bert(), CompacterConfig(bottleneck_size=K, phm_bias=False, init_weights="adapterhub"))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 4 * 2 * (K + D) + 4**3
-    # our recipe's rank 4: 4 r L(k + d) + n^3
+    # our recipe's rank 8: 4 r L(k + d) + n^3
     model = get_peft_model(bare_bert(), CompacterConfig(bottleneck_size=K, phm_bias=False))
-    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 4 * 4 * 2 * (K + D) + 4**3
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 4 * 8 * 2 * (K + D) + 4**3
 
 
 def test_shared_rule_is_one_parameter_and_stored_once(tmp_path):
@@ -131,7 +131,8 @@ def test_adapterhub_init_follows_the_paper():
 
 def test_the_default_init_is_our_recipe_and_adapterhubs_preset_is_one_field_away(tmp_path):
     default, preset = CompacterConfig(), CompacterConfig(init_weights="adapterhub")
-    assert (default.init_weights, default.phm_init_range, default.phm_rank) == (True, 0.1, 4)
+    assert (default.init_weights, default.phm_init_range, default.phm_rank) == (True, 0.1, 8)
+    assert CompacterConfig(placement="pfeiffer").phm_rank == 4  # Compacter++: rank 4 won on one task only
     assert (preset.phm_init_range, preset.phm_rank, preset.phm_c_init, preset.hypercomplex_nonlinearity) == (
         1e-4, 1, "normal", "glorot-uniform")
     differ = {f for f in default.to_dict() if getattr(default, f) != getattr(preset, f)}
@@ -149,7 +150,7 @@ def test_the_default_init_is_our_recipe_and_adapterhubs_preset_is_one_field_away
         assert torch.equal(model(**inputs).last_hidden_state, base)
     model.save_pretrained(tmp_path)  # the resolved scale is saved, so a reload does not depend on today's default
     saved = CompacterConfig.from_pretrained(tmp_path)
-    assert (saved.phm_init_range, saved.phm_rank) == (0.1, 4)
+    assert (saved.phm_init_range, saved.phm_rank) == (0.1, 8)
 
 
 def test_compacter_plus_plus_is_feed_forward_only():
