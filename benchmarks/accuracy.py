@@ -178,6 +178,8 @@ class RunStore:
                 saved = json.loads(self.path.read_text())
                 self.settings["tasks"] = {**saved["settings"]["tasks"], **self.settings["tasks"]}
                 self.runs = saved["runs"]
+            if self.find(run["task"], run["method"], run["learning_rate"], run["seed"]) is not None:
+                return  # another process finished the same run first (runs are deterministic)
             self.runs.append(run)
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps({"settings": self.settings, "runs": self.runs}, indent=1))

@@ -118,7 +118,7 @@ def references(path: Path) -> dict:
 
 def rows_of(output_dir: Path, reference_path: Path) -> list[tuple[str, str, list[dict], str]]:
     """(name, what changes, runs, how the rate was chosen) per row: the ablation's rows, then the accuracy table's
-    Compacter and Compacter++ (the library's defaults when the table ran) where the reference has them."""
+    rank-4 Compacter and Compacter++ where the reference has them (its Compacter is the rank-8 row)."""
     rows = []
     for row, (label, _, _) in ROWS.items():
         path = output_dir / f"{row}.json"
@@ -127,8 +127,8 @@ def rows_of(output_dir: Path, reference_path: Path) -> list[tuple[str, str, list
     reference = json.loads(reference_path.read_text()) if reference_path.exists() else {"runs": []}
     if reference.get("settings", {}).get("head_learning_rate") is None:
         return rows  # the one-rate tables ran the library's old Compacter: its rows are the ablation's old-default
-    for method, label in (("compacter", "the accuracy table's Compacter (CompacterConfig() when it ran)"),
-                          ("compacter++", "the accuracy table's Compacter++")):
+    for method, label in (("compacter-rank4", "rules N(0, 0.1), phm_rank 4: the 2026-12-03 recipe (accuracy table)"),
+                          ("compacter++", "Compacter++: rules N(0, 0.1), phm_rank 4 (accuracy table)")):
         runs = [r for r in reference["runs"] if r["method"] == method]
         if runs:
             rows.append((f"table:{method}", label, runs, choose_on(reference_path)))

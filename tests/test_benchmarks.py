@@ -53,6 +53,7 @@ def test_run_store_is_shared_by_processes_and_keeps_protocols_apart(tmp_path):
     sentiment = accuracy.RunStore(tmp_path / "s.json", {**settings, "tasks": {"sentiment": [1200, 64]}})
     topic.add({"task": "topic", "method": "houlsby", "learning_rate": 3e-3, "seed": 0})
     sentiment.add({"task": "sentiment", "method": "houlsby", "learning_rate": 3e-3, "seed": 0})  # read before it
+    sentiment.add({"task": "topic", "method": "houlsby", "learning_rate": 3e-3, "seed": 0})  # done by the other one
     saved = json.loads((tmp_path / "s.json").read_text())
     assert [r["task"] for r in saved["runs"]] == ["topic", "sentiment"]
     assert set(saved["settings"]["tasks"]) == {"topic", "sentiment"}
@@ -70,8 +71,9 @@ def test_accuracy_quick_resumes(tmp_path):
     run("accuracy.py", *args, cwd=tmp_path)
     first = json.loads((tmp_path / "a.json").read_text())["runs"]
     for method in ("houlsby", "head-only"):
-        seeds = [run["seed"] for run in first if run["method"] == method]
-        assert seeds.count(1) == 1 and seeds.count(0) in (2, 3)  # the grid (+1 beyond an edge), then seed 1
+        rates = {seed: sorted(r["learning_rate"] for r in first if r["method"] == method and r["seed"] == seed)
+                 for seed in (0, 1)}
+        assert rates[0] == rates[1] and len(rates[0]) in (2, 3)  # every grid rate (+1 beyond an edge) with each seed
     assert (tmp_path / "a.png").exists() and "| Houlsby |" in (tmp_path / "a.md").read_text()
     run("accuracy.py", *args, cwd=tmp_path)  # everything is done: nothing is trained again
     assert json.loads((tmp_path / "a.json").read_text())["runs"] == first
