@@ -71,7 +71,8 @@ METHODS = {
 # method: extra TrainingArguments for it (e.g. a warm-up ablation row); the default is the table's protocol.
 TRAINING_OVERRIDES: dict[str, dict] = {}
 LABELS = {"full": "full fine-tuning", "head-only": "head only", "houlsby": "Houlsby", "pfeiffer": "Pfeiffer",
-          "parallel": "parallel", "compacter": "Compacter", "compacter++": "Compacter++", "compacter-rank4": "Compacter, rank 4",
+          "parallel": "parallel", "compacter": "Compacter", "compacter++": "Compacter++",
+          "compacter-rank4": "Compacter, rank 4",
           "low-rank": "low-rank (r=1)", "lora": "PEFT LoRA r8"}
 
 

@@ -16,7 +16,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 SETUP = ("import logging, os, warnings\nwarnings.filterwarnings('ignore')\nos.environ['HF_HUB_OFFLINE'] = '1'\n"
          "# CPU only: no accelerator probe from DeepSpeed, no missing-kernel notice from bitsandbytes (if installed)\n"
-         "os.environ.setdefault('DS_ACCELERATOR', 'cpu')\nlogging.getLogger('bitsandbytes').setLevel(logging.ERROR)\n"
+         "os.environ.setdefault('DS_ACCELERATOR', 'cpu')\n"
+         "for quiet in ('bitsandbytes', 'kernels'):  # the offline kernel-hub notice is not for this demo\n"
+         "    logging.getLogger(quiet).setLevel(logging.ERROR)\n"
          "# PEFT_BOTTLENECK_QUICK=1 (the test suite) shrinks the sizes; the committed outputs are the full run\n"
          "QUICK = os.environ.get('PEFT_BOTTLENECK_QUICK') == '1'\n"
          "import datasets, transformers\ndatasets.disable_progress_bars()\ntransformers.logging.set_verbosity_error()\n")
