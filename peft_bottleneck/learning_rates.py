@@ -15,6 +15,7 @@ usually wants a smaller one. The hypernetwork's rate is the better of the two me
 from __future__ import annotations
 
 import math
+import numbers
 
 # kind: rate. Chosen by benchmarks/learning_rates.py (tests/test_learning_rates.py checks this table against it);
 # hypernetwork: benchmarks/results/multitask_hyper_lr3e-4_minilm.json against multitask_hyper_minilm.json (2e-3).
@@ -72,7 +73,8 @@ def head_parameters(model) -> list:
 
 
 def _check_rate(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    # numbers.Real: also numpy scalars and 0-d tensors' .item(); bool is a Real but never meant as a rate
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 

@@ -105,6 +105,13 @@ def test_bad_rates_are_named(field, value):
         create_adapter_optimizer(_peft(BottleneckConfig()), **{field: value})
 
 
+def test_numpy_rates_are_numbers():
+    np = pytest.importorskip("numpy")
+    optimizer = create_adapter_optimizer(_peft(BottleneckConfig()), lr=np.float32(1e-3), head_lr=np.float64(0.1))
+    assert sorted(g["lr"] for g in optimizer.param_groups) == pytest.approx([1e-3, 0.1])
+    assert all(type(g["lr"]) is float for g in optimizer.param_groups)
+
+
 def test_a_plain_model_needs_an_explicit_rate():
     from conftest import tiny_model
 
