@@ -1,7 +1,7 @@
 """Accuracy table: MiniLM-L6 on bundled sentiment and BBC topics, full fine-tuning vs head only vs our adapters vs
 PEFT LoRA, 3 seeds, learning rate per method chosen on validation only.
 
-    python benchmarks/accuracy.py                       # both tasks, every method (about 150 runs)
+    python benchmarks/accuracy.py                       # both tasks, every method (180 runs)
     python benchmarks/accuracy.py --tasks topic --methods houlsby lora --seeds 0 --quick   # smoke run
 
 Protocol: the new classifier head trains at its own rate (``--head-learning-rate``, default
