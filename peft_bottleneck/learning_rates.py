@@ -73,7 +73,7 @@ def head_parameters(model) -> list:
 
 
 def _check_rate(name: str, value) -> float:
-    # numbers.Real: also numpy scalars and 0-d tensors' .item(); bool is a Real but never meant as a rate
+    # numbers.Real: numpy scalars too; bool is a Real but never meant as a rate
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
