@@ -1,7 +1,13 @@
-"""Where adapters go in each supported architecture, looked up by ``config.model_type`` like PEFT does for LoRA.
+"""Where adapters go: overrides by ``config.model_type``, for architectures whose positions are fixed by hand.
+
+Any other model's positions are found from the model itself (``discovery.py``); this table is a small set of
+overrides (AdapterHub's own model list, whose outputs the converter reproduces exactly) and the cross-check that
+discovery finds the same places (tests/test_discovery.py). ``register_positions`` adds an entry for a model type
+discovery cannot read.
 
 Names are module-name suffixes in PEFT's list form (exact name or ``endswith("." + name)``), so
-``layers_to_transform`` and ``layers_pattern`` keep working on the defaults.
+``layers_to_transform`` and ``layers_pattern`` keep working on the defaults; discovered positions use full module
+names.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ class BlockSite:
     ``input_tensor`` and ``layer_norm``). Names are relative to the layer that holds the module.
 
     residual: (module, (position, keyword)): the residual input is that argument of that module's call, passed by
-        position or by keyword ("" as the module: the layer itself).
+        position or by keyword (position None: by keyword only; "" as the module: the layer itself).
     layer_norm: the LayerNorm the block applies to ``module output + residual`` (post-LN models); None where the
         model only adds the residual (pre-LN models).
     """
@@ -170,8 +176,18 @@ ADAPTER_POSITIONS: dict[str, AdapterPositions] = {
 }
 
 
+def register_positions(model_type: str, positions: AdapterPositions) -> None:
+    """Fix the adapter positions of ``model_type`` by hand (names relative to a block, as in the table), for an
+    architecture whose positions discovery cannot read; it overrides discovery for every model of that type."""
+    if not isinstance(model_type, str) or not model_type:
+        raise TypeError(f"`model_type` must be a non-empty string (a config's model_type), got {model_type!r}.")
+    if not isinstance(positions, AdapterPositions):
+        raise TypeError(f"`positions` must be an AdapterPositions, got {type(positions).__name__}.")
+    ADAPTER_POSITIONS[model_type] = positions
+
+
 def positions_for(model_type: str | None, config_name: str) -> AdapterPositions:
-    """The positions for ``model_type``, or a ValueError that says what to pass instead."""
+    """The table's positions for ``model_type``, or a ValueError that says what to pass instead."""
     positions = ADAPTER_POSITIONS.get(model_type or "")
     if positions is None:
         raise ValueError(
@@ -223,35 +239,27 @@ def _longest_match(current_key: str, names) -> Optional[tuple[str, str]]:
     return max(matches, key=lambda m: len(m[0])) if matches else None
 
 
-def input_source_for(model, input_from: Optional[dict], current_key: str, other_positions=()):
-    """The module whose input a parallel adapter at ``current_key`` reads (``input_from``), or None. A longer
-    position name in ``other_positions`` that also matches wins (BERT's ``attention.output.dense`` is not the
+def input_source_for(input_from: Optional[dict], current_key: str, other_positions=()) -> Optional[str]:
+    """The name of the module whose input a parallel adapter at ``current_key`` reads (``input_from``), or None. A
+    longer position name in ``other_positions`` that also matches wins (BERT's ``attention.output.dense`` is not the
     feed-forward ``output.dense``)."""
     match = _longest_match(current_key, [*(input_from or {}).keys(), *other_positions])
     if match is None or match[0] not in (input_from or {}):
         return None
     target, prefix = match
-    source_key = prefix + input_from[target]
-    try:
-        return model.get_submodule(source_key)
-    except AttributeError:
-        raise ValueError(
-            f"`input_from` maps {target!r} to {input_from[target]!r}, but the model has no module {source_key!r} "
-            f"next to {current_key!r}."
-        ) from None
+    return prefix + input_from[target]
 
 
-def block_context_for(model, model_type: Optional[str], current_key: str, config):
+def block_context_for(model, positions: Optional[AdapterPositions], current_key: str, why: str = ""):
     """(residual module, its argument, LayerNorm module or None) of the block around ``current_key``."""
-    positions = ADAPTER_POSITIONS.get(model_type or "")
     match = _longest_match(current_key, positions.sites) if positions is not None else None
     if match is None:
-        known = sorted(m for m, p in ADAPTER_POSITIONS.items() if p.sites)
         raise ValueError(
             f"`original_ln_before=True` / `original_ln_after=False` need the residual input and LayerNorm of the "
-            f"block around {current_key!r}, which the architecture table names only for the default positions of "
-            f"{known} (model_type={model_type!r}). Use the defaults (original_ln_before=False, "
-            "original_ln_after=True) here."
+            f"block around {current_key!r}, and none is known for it{why}: the table and discovery name them only "
+            "for the default positions (attention and feed-forward outputs whose branch is added to the residual "
+            "unchanged). Use the defaults (original_ln_before=False, original_ln_after=True) here, or register "
+            "the positions with `peft_bottleneck.register_positions`."
         )
     target, prefix = match
     site = positions.sites[target]

@@ -91,7 +91,17 @@ class TargetingConfig(PeftConfig):
         metadata={
             "help": "Names of the modules to adapt: a list of exact names or name suffixes (e.g. ['o_proj', "
             "'down_proj']) or one regex matched against the full name. If not set, the positions of the "
-            "configured placement are looked up by the model's `model_type`; unknown architectures must pass it."
+            "configured placement come from the architecture table (by `model_type`) or, for any other model, are "
+            "found from the model itself (its repeated blocks, read off one forward on a dummy input)."
+        },
+    )
+    towers: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={
+            "help": "With default positions, which towers of a multi-tower model get adapters: 'text', 'vision', "
+            "'audio' (or a list of them) or 'all'. Default: every tower of an encoder-decoder (T5, BART, Whisper) "
+            "and of a single-modality model; only the language model's blocks of a model that also holds a vision "
+            "or audio tower (LLaVA, CLIP, SigLIP)."
         },
     )
     exclude_modules: Optional[Union[list[str], str]] = field(
@@ -149,6 +159,7 @@ class TargetingConfig(PeftConfig):
         check_choice(self, "format_version", (1, FORMAT_VERSION))
         check_name_list(self, "target_modules")
         check_name_list(self, "exclude_modules")
+        self._check_towers()
         check_name_list(self, "modules_to_save", allow_regex=False)
         if isinstance(self.modules_to_save, set):
             self.modules_to_save = sorted(self.modules_to_save)
@@ -178,6 +189,17 @@ class TargetingConfig(PeftConfig):
         ):
             raise TypeError(f"`layer_map` must map layer-stack paths to lists of layer indices (or be 'unchecked'), got "
                             f"{self.layer_map!r}.")
+
+    def _check_towers(self) -> None:
+        from ...discovery import TOWER_CHOICES
+
+        value = self.towers
+        if value is None:
+            return
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, (list, tuple)) or not values or any(v not in TOWER_CHOICES for v in values):
+            raise ValueError(f"`towers` must be one of {list(TOWER_CHOICES)} or a list of them, got {value!r}.")
+        self.towers = value if isinstance(value, str) else list(dict.fromkeys(values))
 
     def _check_layer_indices(self, name: str, allow_int: bool) -> None:
         """A list of layer indices >= 0 (a single index becomes a one-item list)."""

@@ -102,6 +102,7 @@ class BlockContext:
 
     def __init__(self) -> None:
         self.input_source: Optional[nn.Module] = None
+        self.input_features: Optional[int] = None  # measured by discovery, else read off the source's weights
         self.residual_argument: Optional[int | str] = None
         self.layer_norm: Optional[nn.Module] = None
         self._handles: list = []
@@ -109,9 +110,11 @@ class BlockContext:
         self._residual = None
         self._ln_output = None
 
-    def attach(self, input_source=None, residual_source=None, residual_argument=None, layer_norm=None) -> None:
+    def attach(self, input_source=None, residual_source=None, residual_argument=None, layer_norm=None,
+               input_features: Optional[int] = None) -> None:
         if input_source is not None and self.input_source is None:
             self.input_source = input_source
+            self.input_features = input_features
             self._handles.append(input_source.register_forward_pre_hook(self._store_input, with_kwargs=True))
         if residual_source is not None and self.residual_argument is None:
             self.residual_argument = residual_argument
@@ -134,7 +137,8 @@ class BlockContext:
 
     def _store_residual(self, module, args, kwargs):
         position, keyword = self.residual_argument
-        self._residual = kwargs[keyword] if keyword in kwargs else args[position] if len(args) > position else None
+        self._residual = kwargs[keyword] if keyword in kwargs else args[position] if position is not None and len(
+            args) > position else None
 
     def _replace_ln_output(self, module, args, output):
         replacement, self._ln_output = self._ln_output, None
@@ -169,7 +173,8 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: AdapterConfigBase, *,
                  routing_state: Optional[RoutingState] = None, context: Optional[BlockContext] = None,
-                 shared_owner: Optional[nn.Module] = None, **kwargs) -> None:
+                 shared_owner: Optional[nn.Module] = None, features: Optional[tuple[int, int]] = None,
+                 **kwargs) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.adapter_layer_names: tuple[str, ...] = ()
@@ -183,7 +188,9 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         self.__dict__["routing_state"] = routing_state or RoutingState()
         self._disable_adapters = False
         self.merged_adapters = []
-        self.in_features, self.out_features = projection_dims(self.get_base_layer())
+        # a block without linear layers of its own (a mixture-of-experts block with fused experts) comes with the
+        # features discovery measured on it
+        self.in_features, self.out_features = features or projection_dims(self.get_base_layer())
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config, shared_owner=shared_owner, **kwargs)
 
@@ -206,7 +213,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         if not config.is_parallel:
             return self.out_features  # a sequential adapter reads the module's output
         if self.context.reads_input:
-            return input_features(self.context.input_source)
+            return self.context.input_features or input_features(self.context.input_source)
         return self.in_features
 
     def width_reference(self, in_features: int) -> int:
@@ -393,6 +400,9 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         if any(s.on_input for s in self.settings.values()):
             x = self._adapt(x, x, None, routing, on_input=True)
         result = self.base_layer(x, *args, **kwargs)
+        if isinstance(result, tuple):  # blocks that return (hidden states, extras): adapt the hidden states
+            return (self._adapt(result[0], x if tapped is None else tapped, residual, routing, on_input=False),
+                    *result[1:])
         return self._adapt(result, x if tapped is None else tapped, residual, routing, on_input=False)
 
     def _adapt(self, h, parallel_input, residual, routing: Optional[Routing], on_input: bool) -> torch.Tensor:

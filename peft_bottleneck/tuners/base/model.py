@@ -19,8 +19,10 @@ from peft.utils.error import NoMatchingPeftModuleError
 from peft.utils.other import set_additional_trainable_modules
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
-from ...target_modules import ADAPTER_POSITIONS, block_context_for, input_source_for, positions_for
+from ...discovery import DiscoveryError, discover
+from ...target_modules import ADAPTER_POSITIONS, AdapterPositions, block_context_for, input_source_for
 from . import legacy
 from .config import AdapterConfigBase, TargetingConfig
 from .kinds import kind_of
@@ -59,6 +61,7 @@ class AdapterTuner(BaseTuner):
         self.__dict__["routing_state"] = RoutingState()
         self.__dict__["_shared"] = {}  # adapter -> the layer that registered its kind's model-wide tensors
         self.__dict__["_targets"] = {}  # adapter -> (targeting signature, keys it adapted)
+        self.__dict__["_discovery"] = None  # what discovery read off the model (or why it could not), probed once
         super().__init__(model, peft_config, adapter_name, **kwargs)
 
     # -- targets --------------------------------------------------------------------------------------------------
@@ -86,13 +89,8 @@ class AdapterTuner(BaseTuner):
     def _prepare_adapter_config(self, peft_config, model_config):
         adapter_config = self.adapter_config(peft_config)
         default_positions = peft_config.target_modules is None
-        if adapter_config.original_ln_before is None:
-            # the preset applies where the architecture table knows the blocks' residuals and LayerNorms
-            sites = default_positions and bool(getattr(ADAPTER_POSITIONS.get(model_config.get("model_type") or ""),
-                                                       "sites", None))
-            adapter_config.original_ln_before = adapter_config.preset_original_ln_before() and sites
+        positions = self.positions(peft_config, required=default_positions)
         if default_positions:
-            positions = positions_for(model_config.get("model_type"), type(peft_config).__name__)
             targets, excluded = adapter_config.default_targets(positions)
             if adapter_config.is_parallel and adapter_config.input_from is None:
                 adapter_config.input_from = dict(positions.ffn_input_from)
@@ -105,7 +103,49 @@ class AdapterTuner(BaseTuner):
                         f"must also exclude {excluded})."
                     )
                 peft_config.exclude_modules = set(peft_config.exclude_modules or ()) | set(excluded)
+        if adapter_config.original_ln_before is None:
+            # the preset applies where the block of every default position has a known residual and LayerNorm
+            sited = default_positions and bool(targets) and all(t in positions.sites for t in targets)
+            adapter_config.original_ln_before = adapter_config.preset_original_ln_before() and sited
         return peft_config
+
+    # -- positions: the table's override for the model type, else found from the model ---------------------------
+
+    def _model_type(self) -> Optional[str]:
+        return getattr(getattr(self.model, "config", None), "model_type", None)
+
+    def discovered(self):
+        """What discovery read off this model (``discovery.Discovered``), or the DiscoveryError saying why it could
+        not; probed once per tuner, before its first adapter is injected."""
+        if self.__dict__["_discovery"] is None:
+            try:
+                self.__dict__["_discovery"] = discover(self.model)
+            except DiscoveryError as error:
+                self.__dict__["_discovery"] = error
+        return self.__dict__["_discovery"]
+
+    def positions(self, peft_config, required: bool = False) -> Optional[AdapterPositions]:
+        """The adapter positions for this model: the table's entry for its model type, else discovered (the towers
+        ``peft_config.towers`` selects). ``required``: raise the reason when there are none, else return None."""
+        table = ADAPTER_POSITIONS.get(self._model_type() or "")
+        if table is not None:
+            return table
+        if not hasattr(self.model, "config") and not required:
+            return None  # a plain torch module with explicit targets: nothing to probe
+        found = self.discovered()
+        if isinstance(found, DiscoveryError):
+            if required:
+                raise DiscoveryError(str(found)) from None
+            return None
+        return found.positions(getattr(peft_config, "towers", None))
+
+    def _measured_features(self, key: str, module) -> Optional[tuple[int, int]]:
+        """(in, out) features discovery measured on a target that is not a projection itself (a mixture-of-experts
+        block sizes its adapter from the hidden size, not from its router)."""
+        if isinstance(module, (nn.Linear, Conv1D)) or self._model_type() in ADAPTER_POSITIONS:
+            return None
+        found = self.__dict__["_discovery"]
+        return None if found is None or isinstance(found, DiscoveryError) else found.features.get(key)
 
     @staticmethod
     def adapter_config(peft_config) -> AdapterConfigBase:
@@ -137,16 +177,27 @@ class AdapterTuner(BaseTuner):
 
     def _attach_context(self, context: BlockContext, peft_config, current_key: str) -> None:
         config = self.adapter_config(peft_config)
-        model_type = getattr(getattr(self.model, "config", None), "model_type", None)
-        if config.is_parallel:
-            positions = ADAPTER_POSITIONS.get(model_type or "")
+        if not (config.is_parallel or config.needs_block_context):
+            return
+        positions = self.positions(peft_config)
+        if config.is_parallel and context.input_source is None:
             others = (positions.attention_output + positions.ffn_output + positions.ffn_block) if positions else ()
-            source = input_source_for(self.model, config.input_from, current_key, others)
+            source = input_source_for(config.input_from, current_key, others)
             if source is not None:
-                context.attach(input_source=source)
+                context.attach(input_source=self._source_module(source, current_key, config.input_from),
+                               input_features=(self._measured_features(source, None) or (None,))[0])
         if config.needs_block_context:
-            residual_source, argument, layer_norm = block_context_for(self.model, model_type, current_key, config)
+            found = self.__dict__["_discovery"]
+            why = f" ({found})" if isinstance(found, DiscoveryError) else ""
+            residual_source, argument, layer_norm = block_context_for(self.model, positions, current_key, why)
             context.attach(residual_source=residual_source, residual_argument=argument, layer_norm=layer_norm)
+
+    def _source_module(self, source_key: str, current_key: str, input_from: dict):
+        try:
+            return self.model.get_submodule(source_key)
+        except AttributeError:
+            raise ValueError(f"`input_from` ({input_from}) names {source_key!r} as the input of the parallel adapter "
+                             f"at {current_key!r}, but the model has no such module.") from None
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key,
                             parameter_name=None):
@@ -161,7 +212,8 @@ class AdapterTuner(BaseTuner):
             layer_cls = self.layer_class(peft_config, current_key)
             try:
                 new_module = layer_cls(target, adapter_name, peft_config, routing_state=self.routing_state,
-                                       context=context, **kwargs)
+                                       context=context, features=self._measured_features(current_key, target),
+                                       **kwargs)
             except Exception:
                 context.detach()
                 raise
@@ -244,6 +296,7 @@ class AdapterTuner(BaseTuner):
         config = self.adapter_config(peft_config)
         as_key = lambda v: tuple(sorted(v)) if isinstance(v, (set, list)) else v  # noqa: E731
         return (type(peft_config), as_key(peft_config.target_modules), as_key(peft_config.exclude_modules),
+                as_key(getattr(peft_config, "towers", None)),
                 as_key(peft_config.layers_to_transform), as_key(peft_config.layers_pattern),
                 as_key(peft_config.leave_out), tuple(sorted((config.input_from or {}).items())),
                 config.needs_block_context, getattr(peft_config, "output_adapter", None) is not None)
