@@ -50,6 +50,8 @@ from .tuners import (
     TargetingConfig,
 )
 from .tuners.base import BASE_ROUTE, Routing
+from .discovery import DiscoveryError
+from .target_modules import AdapterPositions, BlockSite, register_positions
 from . import distributed, safety
 
 safety.install()
@@ -57,6 +59,10 @@ safety.install()
 __version__ = "0.2.0"
 
 __all__ = [
+    "AdapterPositions",
+    "BlockSite",
+    "DiscoveryError",
+    "register_positions",
     "ALLOWED_NON_LINEARITIES",
     "RECOMMENDED_HEAD_LEARNING_RATE",
     "RECOMMENDED_LEARNING_RATES",

@@ -153,6 +153,7 @@ def discover(model: nn.Module) -> Discovered:
             continue
         towers.append(Tower(path, _modality(model, path), tuple(s for f in found for s in f)))
     towers = _innermost(towers)
+    unclear = [u for u in unclear if not any(t.path.startswith(u.split(":")[0] + ".") for t in towers)]
     for call_list in calls.values():
         call = call_list
         if call.inputs and call.output is not None:
@@ -229,8 +230,9 @@ def _probe(model: nn.Module, lists: list[str]) -> dict[str, _Call]:
                     skip_depth[0] += 1
                 return
             call = _Call(name, module, next(clock))
-            call.inputs = [(i, None, a) for i, a in enumerate(args) if torch.is_tensor(a)] + [
-                (None, k, v) for k, v in kwargs.items() if torch.is_tensor(v)]
+            # copies: a block may later change a tensor in place (Falcon adds attention into the MLP's output)
+            call.inputs = [(i, None, a.clone()) for i, a in enumerate(args) if torch.is_tensor(a)] + [
+                (None, k, v.clone()) for k, v in kwargs.items() if torch.is_tensor(v)]
             calls[name] = call
             if _is_tuner_layer(module):
                 skip_depth[0] += 1  # an adapter layer already there counts as a projection: not its insides
@@ -243,7 +245,8 @@ def _probe(model: nn.Module, lists: list[str]) -> dict[str, _Call]:
             call = calls.get(name)
             if call is not None and call.end < 0:
                 call.end = next(clock)
-                call.output = _first_tensor(output)
+                output = _first_tensor(output)
+                call.output = None if output is None else output.clone()
         return hook
 
     handles = []
@@ -445,12 +448,23 @@ def _next_sum(stream, since: int, y, until: int, inside: list[_Call]):
         for first, second in itertools.combinations(branches, 2):
             if torch.allclose(diff, _flat(first).float() + _flat(second).float(), rtol=1e-3, atol=tolerance):
                 return z, time, reader, [(first, False), (second, False)]
-        for branch in branches:  # a scaled branch (Granite's residual_multiplier): no site, positions still right
+        for branch in branches:  # a scaled branch (Granite's residual_multiplier, BEiT's layer scale): no site
             b = _flat(branch).float()
-            scale = float((diff * b).sum() / (b * b).sum().clamp_min(1e-12))
-            if abs(scale) > 1e-3 and torch.allclose(diff, scale * b, rtol=1e-3, atol=tolerance):
+            scale = (diff * b).sum(0) / (b * b).sum(0).clamp_min(1e-12)
+            if bool((scale.abs() > 1e-3).all()) and torch.allclose(diff, scale * b, rtol=1e-3, atol=tolerance):
+                return z, time, reader, [(branch, True)]
+        for branch in branches:  # positions reordered (Swin's windows): position-wise adapters still fit, no site
+            if _rows_permuted(diff, _flat(branch).float(), tolerance):
                 return z, time, reader, [(branch, True)]
     return None
+
+
+def _rows_permuted(a: torch.Tensor, b: torch.Tensor, tolerance: float) -> bool:
+    """``a`` holds the rows of ``b`` in another order (compared in the order of a fixed random projection)."""
+    if a.shape != b.shape or a.shape[0] < 2:
+        return False
+    key = torch.randn(a.shape[-1], generator=torch.Generator().manual_seed(0), dtype=a.dtype)
+    return torch.allclose(a[torch.argsort(a @ key)], b[torch.argsort(b @ key)], rtol=1e-3, atol=tolerance)
 
 
 def _tolerance(*tensors) -> float:
@@ -536,31 +550,55 @@ def _sublayers(stream, since: int, z_reader, branches, inside: list[_Call], item
 
 
 def _branch_modules(branch, since: int, inside: list[_Call]):
-    """(projection call, outermost block call, altered) for a branch tensor: ``altered`` when a norm or scale sits
-    between the projection and the add (then the projection's output is that module's input)."""
-    producers = [c for c in inside if c.start >= since and _same(c.output, branch)]
-    if not producers:
-        return None
-    core, altered = branch, False
-    projections = [c for c in producers if _is_projection(c.module)]
-    if not projections:
+    """(projection call, outermost block call, altered) for a branch tensor. Walks back through modules without
+    weights (dropout, drop-path, a norm or scale applied to the branch) and through a per-channel scale or a
+    reordering of positions done outside any module; ``altered`` when any of them changed the values (then the
+    residual settings do not apply, but a position-wise adapter on the projection still does)."""
+    core, altered, limit = branch, False, None
+    for _ in range(6):
+        producers = [c for c in inside if c.start >= since and (limit is None or c.end <= limit)
+                     and _same(c.output, core)]
+        if not producers:
+            related = _related_output(core, since, limit, inside)
+            if related is None:
+                return None
+            core, altered = related.output, True
+            continue
+        projections = [c for c in producers if _is_projection(c.module)]
+        weighted = [c for c in producers if any(p.dim() >= 2 for p in c.module.parameters())
+                    and not any(isinstance(m, nn.Embedding) for m in c.module.modules())]
+        if projections or weighted:
+            break
         innermost = max(producers, key=lambda c: c.start)
-        if _is_elementwise(innermost.module) and innermost.first_input is not None:
-            core, altered = innermost.first_input, True
-            producers = [c for c in inside if c.start >= since and c.end <= innermost.start and _same(c.output, core)]
-            projections = [c for c in producers if _is_projection(c.module)]
-    if not producers:
+        if innermost.first_input is None or not _is_elementwise(innermost.module):
+            return None
+        altered = altered or not _same(innermost.output, innermost.first_input)
+        core, limit = innermost.first_input, innermost.start
+    else:
         return None
     if projections:
         projection = max(projections, key=lambda c: c.start)  # the innermost: called last among equals
     else:
-        with_weights = [c for c in producers if any(p.dim() >= 2 for p in c.module.parameters())]
-        if not with_weights:
-            return None
-        projection = max(with_weights, key=lambda c: c.start)  # a whole block (fused experts)
+        projection = min(weighted, key=lambda c: c.name.count("."))  # a whole block (fused experts)
     containing = [c for c in producers if projection.name == c.name or projection.name.startswith(c.name + ".")]
     block = min(containing, key=lambda c: c.name.count("."))
     return projection, block, altered
+
+
+def _related_output(core, since: int, limit, inside: list[_Call]) -> Optional[_Call]:
+    """The latest module output that ``core`` is a per-channel scaling or a reordering of positions of."""
+    target = _flat(core).float()
+    tolerance = _tolerance(core)
+    for call in sorted(inside, key=lambda c: -c.end):
+        if call.start < since or (limit is not None and call.end > limit) or not _alike(call.output, core):
+            continue
+        b = _flat(call.output).float()
+        scale = (target * b).sum(0) / (b * b).sum(0).clamp_min(1e-12)
+        if bool((scale.abs() > 1e-3).all()) and torch.allclose(target, scale * b, rtol=1e-3, atol=tolerance):
+            return call
+        if _rows_permuted(target, b, tolerance):
+            return call
+    return None
 
 
 def _is_attention(projection: _Call, block: _Call, item: str) -> bool:
