@@ -7,7 +7,14 @@ import copy
 
 import pytest
 import torch
-from architectures import ARCHITECTURES, SUPPORTED_MODELS_PAGE, by_type, supported_models_page
+from architectures import (
+    ARCHITECTURES,
+    README,
+    SUPPORTED_MODELS_PAGE,
+    by_type,
+    readme_with_list,
+    supported_models_page,
+)
 from conftest import ALL_TYPES, tiny_inputs, tiny_model
 from peft import PeftModel, get_peft_model
 from torch import nn
@@ -71,6 +78,8 @@ def test_every_kind_on_every_discovered_architecture(model_type, kind, tmp_path,
     base = arch.model()
     if kind == "lm-head" and not has_lm_head(base):
         pytest.skip("no output embeddings: the LM-head adapter needs a language-model head")
+    if kind == "hypernetwork" and model_type == "swin":
+        pytest.skip("Swin's stages have different widths; one hypernetwork generates one size (refused by name)")
     inputs = arch.inputs(3)
     reference = run(base, inputs)
     route = {"task": "t0"} if kind in ROUTED_BY_TASK else {}
@@ -99,7 +108,7 @@ def test_every_kind_on_every_discovered_architecture(model_type, kind, tmp_path,
     model.save_pretrained(tmp_path / "saved")
     reloaded = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "saved" / "a" if (
         tmp_path / "saved" / "a").exists() else tmp_path / "saved", adapter_name="a")
-    assert torch.equal(run(reloaded, inputs, **route), perturbed)
+    assert torch.allclose(run(reloaded, inputs, **route), perturbed, rtol=0, atol=1e-6)  # Whisper: 6e-8 apart
 
     # routed per example: mixed adapter_names (or tasks) equal the same examples one by one
     model.eval()
@@ -315,4 +324,7 @@ def test_probe_leaves_the_model_and_random_state_alone():
 def test_supported_models_page_is_generated_from_the_tables():
     assert SUPPORTED_MODELS_PAGE.read_text() == supported_models_page(ADAPTER_POSITIONS), (
         "docs/supported-models.md is stale: run `python tests/architectures.py --write`")
+    readme = README.read_text()
+    assert readme == readme_with_list(readme, ADAPTER_POSITIONS), (
+        "README.md's list of model types is stale: run `python tests/architectures.py --write`")
     assert len(set(ALL_TYPES) | {a.model_type for a in ARCHITECTURES}) >= 45
