@@ -20,7 +20,18 @@ from .compression import (
     prune_layers,
     set_adapter_drop,
 )
-from .composition import Average, BatchSplit, Fuse, Parallel, Stack, add_fusion, compose, fusion_attention, load_composed
+from .composition import (
+    Average,
+    BatchSplit,
+    Fuse,
+    Parallel,
+    Stack,
+    add_fusion,
+    compose,
+    composing,
+    fusion_attention,
+    load_composed,
+)
 from .learning_rates import (
     RECOMMENDED_HEAD_LEARNING_RATE,
     RECOMMENDED_LEARNING_RATES,
@@ -75,6 +86,7 @@ __all__ = [
     "Stack",
     "add_fusion",
     "compose",
+    "composing",
     "fusion_attention",
     "load_composed",
     "BASE_ROUTE",

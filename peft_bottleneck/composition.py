@@ -1,8 +1,10 @@
 """Composing adapters: Stack, Average, Parallel, BatchSplit and Fuse (AdapterFusion), on the one routing core.
 
 A block is a small value object whose children are adapter names or blocks. ``compose(model, block)`` makes it the
-computation of every adapted layer (``compose(model, None)`` goes back to PEFT's active adapters; several active
-adapters, ``set_adapter(["a", "b"])``, already mean ``Stack("a", "b")``). The layer evaluates the tree on the
+computation of every adapted layer, model-wide like ``set_adapter`` (``compose(model, None)`` goes back to PEFT's
+active adapters; several active adapters, ``set_adapter(["a", "b"])``, already mean ``Stack("a", "b")``). For one
+call only, safe when several threads share the model: ``model(**batch, composition=block)`` or
+``with composing(model, block): ...``. The layer evaluates the tree on the
 module's output:
 
 - ``Stack(a, b)``: ``b`` reads ``a``'s output.
@@ -20,6 +22,7 @@ module's output:
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -55,6 +58,23 @@ def compose(model, block: Optional[Block]) -> None:
     tuner.routing_state.composition = block
     for config in tuner.peft_config.values():
         config.composition = None if block is None else block.to_dict()
+
+
+@contextmanager
+def composing(model, block: Block):
+    """Compose ``block`` for the calls made inside the ``with`` in this thread / asyncio task only: a server's
+    per-request composition. The model-wide composition (``compose``) and other threads' calls are untouched; a
+    ``composition=`` keyword on one forward / generate does the same for that call."""
+    from .tuners.base.model import _checked_block
+    from .tuners.base.routing import CallRoute
+
+    tuner = _tuner(model)
+    block = _checked_block(tuner, block)
+    for fuse in _fuses(block):
+        if fuse.name not in tuner.peft_config:
+            raise ValueError(f"{fuse!r} has no fusion weights: call add_fusion(model, {fuse!r}) first.")
+    with tuner.routing_state.entered(CallRoute(None, block, depth=0)):
+        yield
 
 
 def _fuses(block) -> list:
@@ -116,5 +136,6 @@ def fusion_attention(model) -> dict:
             if getattr(layer, "last_fusion_attention", None) is not None}
 
 
-__all__ = ["Average", "BatchSplit", "Block", "Fuse", "Parallel", "Stack", "add_fusion", "compose", "from_dict",
+__all__ = ["Average", "BatchSplit", "Block", "Fuse", "Parallel", "Stack", "add_fusion", "compose", "composing",
+           "from_dict",
            "fusion_attention", "load_composed"]

@@ -407,7 +407,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
 
     def _adapt(self, h, parallel_input, residual, routing: Optional[Routing], on_input: bool) -> torch.Tensor:
         """``h`` through the adapters on this side of the module (its input or its output)."""
-        composition = self.routing_state.composition
+        composition = self.routing_state.active_composition
         if composition is not None and not on_input:
             return self._composed(composition, h, parallel_input, residual, routing)
         if routing is not None and routing.adapters is not None:

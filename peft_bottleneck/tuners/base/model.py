@@ -27,7 +27,7 @@ from . import legacy
 from .config import AdapterConfigBase, TargetingConfig
 from .kinds import kind_of
 from .layer import MERGE_ERROR, AdapterLayer, BlockContext
-from .routing import BASE_ROUTE, Routing, RoutingState, adapter_codes, task_codes
+from .routing import BASE_ROUTE, CallRoute, Routing, RoutingState, adapter_codes, carry_route, task_codes
 
 # checks run on every new or loaded adapter config: (config, model) -> None or raise; other parts of the package (the
 # compression wing's layer map) register theirs here, so the tuners import nothing of them
@@ -122,6 +122,11 @@ class AdapterTuner(BaseTuner):
                 self.__dict__["_discovery"] = discover(self.model)
             except DiscoveryError as error:
                 self.__dict__["_discovery"] = error
+            except Exception as error:  # noqa: BLE001 - explicit targets still work; default ones say why not
+                self.__dict__["_discovery"] = DiscoveryError(
+                    f"Reading the adapter positions off {type(self.model).__name__} failed ({type(error).__name__}: "
+                    f"{error}). Pass `target_modules=[...]`, or register the positions with "
+                    "`peft_bottleneck.register_positions(model_type, AdapterPositions(...))`.")
         return self.__dict__["_discovery"]
 
     def positions(self, peft_config, required: bool = False) -> Optional[AdapterPositions]:
@@ -336,22 +341,24 @@ class AdapterTuner(BaseTuner):
     def _enable_peft_forward_hooks(self, *args, **kwargs):
         # PeftModel wraps every forward and generate in this (and strips `adapter_names` before calling on)
         repeat = _generation_repeat(self.model, kwargs) if GENERATION_ARGS & set(kwargs) else 1
-        with self.routed(kwargs.get("adapter_names"), kwargs.get("task"), kwargs, repeat=repeat):
+        with self.routed(kwargs.get("adapter_names"), kwargs.get("task"), kwargs, repeat=repeat,
+                         composition=kwargs.get("composition")):
             yield
 
-    def forward(self, *args, task=None, adapter_names=None, **kwargs):
-        with self.routed(adapter_names, task, kwargs):
+    def forward(self, *args, task=None, adapter_names=None, composition=None, **kwargs):
+        with self.routed(adapter_names, task, kwargs, composition=composition):
             return self.model(*args, **self._replicated(kwargs))
 
-    def generate(self, *args, task=None, adapter_names=None, **kwargs):
-        with self.routed(adapter_names, task, kwargs, repeat=_generation_repeat(self.model, kwargs)):
+    def generate(self, *args, task=None, adapter_names=None, composition=None, **kwargs):
+        with self.routed(adapter_names, task, kwargs, repeat=_generation_repeat(self.model, kwargs),
+                         composition=composition):
             return self.model.generate(*args, **self._replicated(kwargs))
 
     def _replicated(self, inputs: dict) -> dict:
         """A Parallel composition runs each child on its own copy of the batch: the inputs, copied in order."""
         from .blocks import parallel_copies
 
-        copies = parallel_copies(self.routing_state.composition)
+        copies = parallel_copies(self.routing_state.active_composition)
         if copies == 1:
             return inputs
         batch = _batch_size(inputs)
@@ -361,31 +368,46 @@ class AdapterTuner(BaseTuner):
                 v.shape[0] == batch else v for k, v in inputs.items()}
 
     @contextmanager
-    def routed(self, adapter_names, task, inputs: dict, repeat: int = 1):
-        """Set this call's routing on every layer, at its start (``None`` when it routes nothing); a call without
-        gradients clears it when it returns. The outermost call decides: PeftModel's forward hook routes, and the
-        tuner's own forward inside it keeps that routing."""
+    def routed(self, adapter_names, task, inputs: dict, repeat: int = 1, composition=None):
+        """This call's route, for the layers it reaches and nothing else: set in this thread's / asyncio task's
+        context for the call's duration (``RoutingState``), never on the model. The outermost call decides:
+        PeftModel's forward hook routes, and the tuner's own forward inside it keeps that route. ``composition``: a
+        block for this call only (else the model-wide ``compose()``; a ``with composing(model, block)`` around the
+        call sets it too)."""
         state = self.routing_state
-        if state.depth:
-            state.depth += 1
-            try:
+        outer = state.current
+        if outer is not None and outer.depth:
+            with state.entered(CallRoute(outer.routing, outer.composition, outer.depth + 1)):
                 yield
-            finally:
-                state.depth -= 1
             return
-        routing = self.routing_for(adapter_names, task, _batch_size(inputs))
-        state.routing = None if routing is None else routing.with_repeat(repeat)
-        state.depth = 1
-        try:
+        if composition is None and outer is not None:
+            composition = outer.composition  # from composing(model, block)
+        if composition is not None:
+            composition = _checked_block(self, composition)
+        routing = self.routing_for(adapter_names, task, _batch_size(inputs),
+                                   composition if composition is not None else state.composition)
+        route = CallRoute(None if routing is None else routing.with_repeat(repeat), composition, depth=1)
+        if torch.is_grad_enabled():
+            self._carry_route_into_checkpoints()
+        with state.entered(route):
             yield
-        finally:
-            state.depth = 0
-            if not torch.is_grad_enabled():
-                state.routing = None
 
-    def routing_for(self, adapter_names, task, batch_size: Optional[int]) -> Optional[Routing]:
+    def _carry_route_into_checkpoints(self) -> None:
+        """Gradient-checkpointed blocks re-run in backward, perhaps in another thread: wrap their checkpoint function
+        (set by ``gradient_checkpointing_enable``, before or after the adapters) so they re-run in their forward's
+        context. Checks one attribute per block per call with gradients."""
+        layers = self.__dict__.get("_checkpointed_layers")
+        if layers is None:
+            layers = [m for m in self.model.modules() if hasattr(m, "gradient_checkpointing")]
+            self.__dict__["_checkpointed_layers"] = layers
+        for layer in layers:
+            func = layer.__dict__.get("_gradient_checkpointing_func")
+            if func is not None and not getattr(func, "carries_route", False):
+                layer._gradient_checkpointing_func = carry_route(func)
+
+    def routing_for(self, adapter_names, task, batch_size: Optional[int], composition=None) -> Optional[Routing]:
         adapters = codes = None
-        if adapter_names is not None and self.routing_state.composition is not None:
+        if adapter_names is not None and composition is not None:
             raise ValueError("`adapter_names` routes single adapters per example and cannot be combined with an "
                              "active composition; express it as BatchSplit(...) or call compose(model, None).")
         if adapter_names is not None:
@@ -565,6 +587,22 @@ def _get_module_or_none(model, key):
         return model.get_submodule(key)
     except AttributeError:
         return None
+
+
+def _checked_block(tuner, block):
+    """A per-call composition: a block (or one adapter name) over adapters the model has."""
+    from .blocks import Block, Stack
+
+    if isinstance(block, str):
+        block = Stack(block)
+    if not isinstance(block, Block):
+        raise TypeError(f"`composition` takes a block (Stack, Average, Parallel, BatchSplit, Fuse) or an adapter name, "
+                        f"got {block!r}.")
+    missing = [n for n in block.leaves() if n not in tuner.peft_config]
+    if missing:
+        raise ValueError(f"`composition` names adapters the model does not have: {missing}; it has "
+                         f"{sorted(tuner.peft_config)}.")
+    return block
 
 
 def _batch_size(inputs: dict) -> Optional[int]:

@@ -1,10 +1,12 @@
 """Per-example routing: one object says which adapter (and which of its task routes) every example of a batch uses.
 
 ``Routing`` is built once per model call, from ``adapter_names=[...]`` (one adapter name per example), from
-``task=`` (a task name, one name per example, or a LongTensor of task indices) or both, and handed to every adapted
-layer through the model's one ``RoutingState``. Lifetime: every forward / ``generate`` of the tuner sets it at its
-start (to a routing, or to none), so a gradient-checkpointed layer that re-runs during backward routes the same way;
-a call without gradients clears it when it returns.
+``task=`` (a task name, one name per example, or a LongTensor of task indices) or both, and reaches every adapted
+layer through the model's ``RoutingState``: a ``contextvars.ContextVar`` set by the model's forward / ``generate``
+for that call only, so each thread and each asyncio task sees its own call's route and never another's. A
+gradient-checkpointed block re-runs during backward inside a copy of the context its forward ran in (the tuner wraps
+the checkpoint function), so the re-forward routes as its forward did, in whatever thread autograd runs it. Only the
+model-wide composition (``compose(model, block)``) is shared state, as ``set_adapter`` is.
 
 ``RouteTable`` keeps a layer's adapter weights stacked for gathering, so a batch that mixes many of the layer's
 adapters is one gather and two batched matmuls, with no Python loop over adapters or examples on the tensors.
@@ -13,7 +15,10 @@ adapters is one gather and two batched matmuls, with no Python loop over adapter
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from contextvars import ContextVar, copy_context
+from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import torch
@@ -126,13 +131,70 @@ def task_codes(task, tasks: Sequence[str]) -> torch.Tensor:
     return codes
 
 
-@dataclass
-class RoutingState:
-    """The one mutable place a model's adapted layers read the current routing from (shared by all of them)."""
+@dataclass(frozen=True)
+class CallRoute:
+    """The route of one model call in progress: its routing, its own composition (None: the model-wide one) and
+    how deeply calls are nested (PeftModel's hook around the tuner's forward: the outermost decides)."""
 
     routing: Optional[Routing] = None
-    composition: Optional[object] = None  # a composition block (see blocks.py), set by compose()
-    depth: int = 0  # nesting of routed calls in progress (PeftModel's hook around the tuner's forward)
+    composition: Optional[object] = None
+    depth: int = 0
+
+
+class RoutingState:
+    """A model's routing: the model-wide composition (``compose()``) and, per thread / asyncio task, the route of the
+    call in progress (``call``, a ContextVar: never shared between concurrent calls)."""
+
+    def __init__(self) -> None:
+        self.composition: Optional[object] = None  # model-wide, set by compose()
+        self._call: ContextVar[Optional[CallRoute]] = ContextVar(f"peft_bottleneck_route_{id(self)}", default=None)
+
+    def __getstate__(self) -> dict:  # a ContextVar is not copied or pickled: a copy starts with no call in progress
+        return {"composition": self.composition}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+        self.composition = state["composition"]
+
+    @property
+    def current(self) -> Optional[CallRoute]:
+        return self._call.get()
+
+    @property
+    def routing(self) -> Optional[Routing]:
+        """The routing of this thread's / task's call in progress (None outside a call)."""
+        call = self._call.get()
+        return None if call is None else call.routing
+
+    @property
+    def active_composition(self) -> Optional[object]:
+        """The composition of the call in progress: its own (a per-call block), else the model-wide one."""
+        call = self._call.get()
+        if call is not None and call.composition is not None:
+            return call.composition
+        return self.composition
+
+    @contextmanager
+    def entered(self, route: CallRoute):
+        token = self._call.set(route)
+        try:
+            yield route
+        finally:
+            self._call.reset(token)
+
+
+def carry_route(checkpoint_func):
+    """Wrap a gradient-checkpoint function so the checkpointed block runs, and re-runs during backward, inside a
+    copy of the context of its forward (its call's route), whichever thread runs the backward."""
+    if getattr(checkpoint_func, "carries_route", False):
+        return checkpoint_func
+
+    def carrying(function, *args, **kwargs):
+        return checkpoint_func(partial(copy_context().run, function), *args, **kwargs)
+
+    carrying.carries_route = True
+    carrying.wrapped = checkpoint_func
+    return carrying
 
 
 # -- gathering ------------------------------------------------------------------------------------------------------
