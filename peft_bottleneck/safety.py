@@ -16,6 +16,7 @@ three load paths and ``save_pretrained`` are wrapped (other PEFT types pass stra
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import shutil
@@ -42,17 +43,22 @@ def _is_ours(config) -> bool:
     return isinstance(config, (AdapterControllerConfig, *registered_configs()))
 
 
+UNREADABLE = "unreadable"  # the folder's adapter type could not be read: guard the load all the same
+
+
 def _peft_type_of(model_id, subfolder=None, **kwargs):
     from peft.config import PeftConfig
 
     try:
         return PeftConfig._get_peft_type(model_id, subfolder=subfolder, **{k: v for k, v in kwargs.items() if k in (
             "revision", "cache_dir", "token", "local_files_only")})
-    except Exception:
-        return None
+    except Exception:  # noqa: BLE001 - a load we cannot classify is guarded, never passed through unguarded
+        return UNREADABLE
 
 
 def _our_type(peft_type) -> bool:
+    if peft_type == UNREADABLE:
+        return True
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
     from peft.utils import PeftType
 
@@ -66,17 +72,33 @@ def _our_type(peft_type) -> bool:
 
 
 class Snapshot:
-    """What a failed load must restore: the adapted layers of a module tree and their adapters, and its configs."""
+    """What a failed load must restore: the adapted layers of a module tree and their adapters, which adapters are
+    active, the task heads' wrappers (``modules_to_save``: their copies, active copy and trainability), and the
+    configs."""
 
     def __init__(self, root, peft_config_owner=None) -> None:
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
         self.root = root
         self.layers = {id(m): set(m.settings) for m in root.modules() if isinstance(m, AdapterLayer)}
+        self.active = {id(m): (copy.copy(m._active_adapter), m._disable_adapters) for m in root.modules()
+                       if isinstance(m, AdapterLayer)}
+        self.wrappers = {id(m): (set(m.modules_to_save.keys()) if hasattr(m, "modules_to_save") else set(),
+                                 set(m._adapters), copy.copy(m._active_adapter), m._disable_adapters,
+                                 {n: p.requires_grad for n, p in m.named_parameters()})
+                         for m in root.modules() if isinstance(m, AuxiliaryTrainingWrapper)}
+        tuner = getattr(peft_config_owner, "base_model", None)
+        self.tuner_active = copy.copy(getattr(tuner, "active_adapter", None)) if isinstance(tuner, AdapterTuner) \
+            else None
+        self.owner_active = copy.copy(getattr(peft_config_owner, "active_adapter", None)) if isinstance(
+            peft_config_owner, PeftModel) else None
         self.owner = peft_config_owner
         self.config_names = set(getattr(peft_config_owner, "peft_config", {}) or {}) if peft_config_owner else None
         self.had_peft_config = hasattr(root, "peft_config")
         self.peft_config_loaded = getattr(root, "_hf_peft_config_loaded", None)
 
     def restore(self) -> None:
+        self._restore_wrappers()
         for name, module in list(self.root.named_modules()):
             if not isinstance(module, AdapterLayer):
                 continue
@@ -104,6 +126,36 @@ class Snapshot:
                 pass
         if self.peft_config_loaded is not None or hasattr(self.root, "_hf_peft_config_loaded"):
             self.root._hf_peft_config_loaded = bool(self.peft_config_loaded)
+        for module in self.root.modules():
+            if isinstance(module, AdapterLayer) and id(module) in self.active:
+                module._active_adapter, module._disable_adapters = self.active[id(module)]
+        if self.tuner_active is not None:
+            self.owner.base_model.active_adapter = self.tuner_active
+        if self.owner_active is not None:
+            self.owner.active_adapter = self.owner_active
+
+    def _restore_wrappers(self) -> None:
+        """Task heads: a wrapper the failed load made is unwrapped; an older one loses the copies the load added
+        and gets back its active copy and trainability."""
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        for name, module in list(self.root.named_modules()):
+            if not isinstance(module, AuxiliaryTrainingWrapper):
+                continue
+            saved = self.wrappers.get(id(module))
+            if saved is None:
+                parent_name, _, child = name.rpartition(".")
+                parent = self.root.get_submodule(parent_name) if parent_name else self.root
+                setattr(parent, child, module.original_module)
+                continue
+            copies, adapters, active, disabled, trainable = saved
+            for key in [k for k in getattr(module, "modules_to_save", {}).keys() if k not in copies]:
+                del module.modules_to_save[key]
+            module._adapters = set(adapters)
+            module._active_adapter, module._disable_adapters = active, disabled
+            for param_name, param in module.named_parameters():
+                if param_name in trainable:
+                    param.requires_grad_(trainable[param_name])
 
 
 def _fail(error: BaseException, source) -> None:
@@ -118,7 +170,7 @@ def _known_type(peft_type, source) -> None:
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
     from peft.utils import PeftType
 
-    if peft_type is None:
+    if peft_type is None or peft_type == UNREADABLE:
         return
     known = {t.value for t in PEFT_TYPE_TO_CONFIG_MAPPING}
     if peft_type not in known or peft_type not in PeftType.__members__:
@@ -246,13 +298,28 @@ def commit_files(staging: Path, target: Path) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
+def _stacking_set_adapter(original):
+    @functools.wraps(original)
+    def set_adapter(self, adapter_name, inference_mode: bool = False):
+        if isinstance(adapter_name, (list, tuple)) and isinstance(self.base_model, AdapterTuner):
+            names = list(adapter_name)
+            self.base_model.set_adapter(names, inference_mode=inference_mode)
+            self.active_adapter = names[-1]  # PEFT looks its config up by one name; the tuner holds the stack
+            return None
+        return original(self, adapter_name, inference_mode=inference_mode)
+
+    return set_adapter
+
+
 def install() -> None:
-    """Wrap the load and save paths once (idempotent)."""
+    """Wrap the load and save paths once (idempotent), and let ``PeftModel.set_adapter`` take a list (a Stack) for
+    this package's types (PEFT's own refuses a list: it looks the name up in a dict)."""
     if getattr(PeftModel, WRAPPED, False):
         return
     PeftModel.from_pretrained = _from_pretrained(PeftModel.from_pretrained)
     PeftModel.load_adapter = _load_adapter(PeftModel.load_adapter, lambda m: (m.base_model.model, m))
     PeftModel.save_pretrained = _save_pretrained(PeftModel.save_pretrained)
+    PeftModel.set_adapter = _stacking_set_adapter(PeftModel.set_adapter)
     # transformers reads the weights with its own loader (not PEFT's, which our tuner checks): check the file here
     PeftAdapterMixin.load_adapter = _load_adapter(PeftAdapterMixin.load_adapter, lambda m: (m, m), check_file=True)
     setattr(PeftModel, WRAPPED, True)

@@ -336,3 +336,138 @@ def test_an_adapter_without_a_layer_map_is_refused_on_a_pruned_base(tmp_path):
 def test_callback_arguments_are_checked_up_front(kwargs):
     with pytest.raises((ValueError, TypeError)):
         pb.LayerImportanceCallback(**kwargs)
+
+
+# -- models with a task head (modules_to_save) --------------------------------------------------------------------
+
+HEAD_DAMAGE = ["truncated", "empty", "wrong_shape", "missing_up", "base_weight_key", "pickle_only"]
+HEAD_TASKS = {"SEQ_CLS": "AutoModelForSequenceClassification", "TOKEN_CLS": "AutoModelForTokenClassification"}
+
+
+def headed_model(task_type: str, seed: int = 0):
+    import transformers as tf
+    from conftest import CONFIGS
+
+    torch.manual_seed(seed)
+    return getattr(tf, HEAD_TASKS[task_type]).from_config(CONFIGS["bert"]()).eval()
+
+
+def head_config(task_type: str):
+    return pb.BottleneckConfig(task_type=task_type, bottleneck_size=4, init_weights=False)
+
+
+@pytest.fixture
+def damaged_with_head(tmp_path, request):
+    task_type, damage = request.param
+    torch.manual_seed(5)
+    saved = get_peft_model(headed_model(task_type), head_config(task_type))
+    with torch.no_grad():  # a head copy that differs from the base's head
+        saved.base_model.model.classifier.modules_to_save["default"].weight.add_(1.0)
+    folder = tmp_path / "adapter"
+    saved.save_pretrained(folder)
+    if damage == "base_weight_key":
+        tensors = load_file(weights_file(folder))
+        tensors["base_model.model.bert.embeddings.word_embeddings.weight"] = torch.full((64, 32), 7.0)
+        save_file(tensors, weights_file(folder))
+    else:
+        DAMAGE[damage](folder)
+    return task_type, folder
+
+
+HEAD_CASES = [(t, d) for t in HEAD_TASKS for d in HEAD_DAMAGE]
+HEAD_IDS = [f"{t}-{d}" for t, d in HEAD_CASES]
+
+
+def test_heads_hold_the_damage_cases():  # the cases above are real damage: the undamaged folder loads
+    assert {d for _, d in HEAD_CASES} <= set(DAMAGE)
+
+
+@pytest.mark.parametrize("damaged_with_head", HEAD_CASES, indirect=True, ids=HEAD_IDS)
+def test_load_adapter_with_a_task_head_fails_cleanly(damaged_with_head):
+    task_type, folder = damaged_with_head
+    model = get_peft_model(headed_model(task_type), head_config(task_type)).eval()
+    before, inputs = state(model), tiny_inputs("bert")
+    with torch.no_grad():
+        outputs = model(**inputs).logits
+    with pytest.raises((ValueError, TypeError, OSError, RuntimeError)):
+        model.load_adapter(folder, adapter_name="other")
+    assert list(model.peft_config) == ["default"]
+    assert_same_state(before, state(model))  # no copy of the head left behind for "other"
+    head = model.base_model.model.classifier
+    assert set(head.modules_to_save) == {"default"} and head.active_adapters == ["default"]
+    assert head.modules_to_save["default"].weight.requires_grad
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, outputs)
+
+
+@pytest.mark.parametrize("damaged_with_head", HEAD_CASES, indirect=True, ids=HEAD_IDS)
+def test_from_pretrained_with_a_task_head_fails_cleanly(damaged_with_head):
+    task_type, folder = damaged_with_head
+    base = headed_model(task_type)
+    before, inputs = state(base), tiny_inputs("bert")
+    with torch.no_grad():
+        outputs = base(**inputs).logits
+    with pytest.raises((ValueError, TypeError, OSError, RuntimeError)):
+        PeftModel.from_pretrained(base, folder)
+    assert_same_state(before, state(base))
+    assert type(base.classifier).__name__ == "Linear"  # not left wrapped
+    with torch.no_grad():
+        assert torch.equal(base(**inputs).logits, outputs)
+
+
+@pytest.mark.parametrize("damaged_with_head", HEAD_CASES, indirect=True, ids=HEAD_IDS)
+def test_transformers_load_adapter_with_a_task_head_fails_cleanly(damaged_with_head):
+    task_type, folder = damaged_with_head
+    base = headed_model(task_type)
+    before, inputs = state(base), tiny_inputs("bert")
+    with torch.no_grad():
+        outputs = base(**inputs).logits
+    with pytest.raises((ValueError, TypeError, OSError, RuntimeError, KeyError)):
+        base.load_adapter(str(folder))
+    assert not any(isinstance(m, AdapterLayer) for m in base.modules())
+    assert type(base.classifier).__name__ == "Linear"
+    assert_same_state(before, state(base))
+    with torch.no_grad():
+        assert torch.equal(base(**inputs).logits, outputs)
+
+
+@pytest.mark.parametrize("task_type", list(HEAD_TASKS))
+def test_set_adapter_stacks_on_a_model_with_a_task_head_and_the_last_head_is_used(task_type):
+    model = get_peft_model(headed_model(task_type), head_config(task_type), adapter_name="a")
+    model.add_adapter("b", head_config(task_type))
+    head = model.base_model.model.classifier
+    with torch.no_grad():
+        head.modules_to_save["a"].weight.fill_(0.5)
+        head.modules_to_save["b"].weight.fill_(-0.5)
+    inputs = tiny_inputs("bert")
+    model.eval()
+    for stack, head_of in ((["a", "b"], "b"), (["b", "a"], "a")):
+        model.set_adapter(stack)
+        assert model.base_model.active_adapters == stack and head.active_adapters == [head_of]
+        with torch.no_grad():
+            stacked = model(**inputs).logits
+            expected = model(**inputs, composition=pb.Stack(*stack)).logits
+        assert torch.equal(stacked, expected)
+        assert head.modules_to_save[head_of].weight.requires_grad
+        assert not head.modules_to_save[stack[0]].weight.requires_grad
+    with pytest.raises(ValueError, match="unknown adapter"):
+        model.set_adapter(["a", "nope"])
+
+
+@pytest.mark.parametrize("name", ["bottleneck_down", "bottleneck_down_weight", "my_parallel_adapter_x",
+                                  "compacter_", "modules_to_save", "x_original_module"])
+def test_names_that_collide_with_tensor_containers_are_refused_when_added(name):
+    model = get_peft_model(tiny_model("bert"), pb.BottleneckConfig(task_type="SEQ_CLS"))
+    before = state(model)
+    with pytest.raises(ValueError, match="must not contain a tensor-container prefix"):
+        model.add_adapter(name, pb.BottleneckConfig(task_type="SEQ_CLS"))
+    assert list(model.peft_config) == ["default"]
+    assert_same_state(before, state(model))
+
+
+def test_the_name_rule_lets_ordinary_names_through_a_save_and_load(tmp_path):
+    model = get_peft_model(tiny_model("bert"), head_config("SEQ_CLS"), adapter_name="sentiment-v2_large")
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_model("bert"), tmp_path / "sentiment-v2_large",
+                                       adapter_name="sentiment-v2_large")
+    assert "sentiment-v2_large" in loaded.peft_config

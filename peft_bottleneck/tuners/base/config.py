@@ -234,7 +234,8 @@ class AdapterConfigBase(TargetingConfig):
     )
     reduction_factor: float = field(
         default=16,
-        metadata={"help": "Bottleneck size = hidden size // reduction_factor (ignored when bottleneck_size is set)."},
+        metadata={"help": "Bottleneck size = hidden size // reduction_factor (ignored when bottleneck_size is set); "
+                  "at least 1/64."},
     )
     bottleneck_size: Optional[int] = field(
         default=None, metadata={"help": "Explicit bottleneck width; overrides reduction_factor."}
@@ -331,7 +332,8 @@ class AdapterConfigBase(TargetingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_number(self, "reduction_factor", 0, low_open=True)
+        # below 1/64 the bottleneck would be wider than 64x the hidden size: a typo, not an adapter
+        check_number(self, "reduction_factor", 1 / 64)
         check_number(self, "bottleneck_size", 1, integer=True, optional=True)
         if self.non_linearity is None:
             self.non_linearity = self.default_non_linearity()

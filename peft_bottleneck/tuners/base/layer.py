@@ -410,10 +410,15 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         composition = self.routing_state.active_composition
         if composition is not None and not on_input:
             return self._composed(composition, h, parallel_input, residual, routing)
+        active = self.active_adapters
         if routing is not None and routing.adapters is not None:
-            return self._mixed_forward(h, parallel_input, residual, routing, on_input)
+            if len(routing.adapters) > 1 or routing.adapters[0] == BASE_ROUTE:
+                return self._mixed_forward(h, parallel_input, residual, routing, on_input)
+            # the whole batch names one adapter: the same computation as that adapter made active, no gather
+            routing.check_rows(routing.adapter_codes.shape[0], h.shape[0])
+            active = routing.adapters
         last = None
-        for adapter_name in self.active_adapters:  # several active adapters apply in turn (a Stack)
+        for adapter_name in active:  # several active adapters apply in turn (a Stack)
             settings = self.settings.get(adapter_name)
             if settings is not None and settings.on_input == on_input and not settings.is_fusion:
                 h = self._apply_adapter(adapter_name, h, parallel_input, residual, routing)

@@ -40,13 +40,32 @@ GENERATION_ARGS = {"generation_config", "max_new_tokens", "max_length", "num_bea
                    "do_sample", "min_new_tokens"}
 
 
+# names PEFT gives the parts of a task head's wrapper (modules_to_save): an adapter of that name would collide
+WRAPPER_NAMES = ("modules_to_save", "original_module", "base_layer", "base_model")
+
+
 def check_adapter_name(name) -> None:
-    """Adapter names become folder names and state-dict key parts: plain identifiers only."""
+    """Adapter names become folder names and state-dict key parts: plain identifiers only, and none that PEFT's key
+    remapping would read as a tensor container (``bottleneck_down`` holds the prefix ``bottleneck_``)."""
     if not isinstance(name, str) or not ADAPTER_NAME_RULE.match(name) or name in RESERVED_NAMES:
         raise ValueError(
             f"Adapter name {name!r} is not allowed: use letters, digits, '_' and '-' only (no dots, path separators, "
             f"spaces or empty names), not starting with '-', and not the reserved {list(RESERVED_NAMES)}."
         )
+    prefixes = tuner_prefixes()
+    clash = next((p for p in prefixes if p in name), None) or next((w for w in WRAPPER_NAMES if w in name), None)
+    if clash is not None:
+        raise ValueError(
+            f"Adapter name {name!r} is not allowed: it contains {clash!r}. An adapter's name must not contain a "
+            f"tensor-container prefix of this package ({sorted(prefixes)}) or a name PEFT gives a task head's "
+            f"wrapper ({list(WRAPPER_NAMES)}): PEFT's loader would read the saved keys wrongly."
+        )
+
+
+def tuner_prefixes() -> set[str]:
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    return {t.prefix for t in PEFT_TYPE_TO_TUNER_MAPPING.values() if issubclass(t, AdapterTuner) and t.prefix}
 
 
 class AdapterTuner(BaseTuner):
@@ -237,6 +256,25 @@ class AdapterTuner(BaseTuner):
 
     def _check_merge_allowed(self):
         raise ValueError(MERGE_ERROR.format(kind=self.tuner_layer_cls.adapter_kind))
+
+    def set_adapter(self, adapter_name, inference_mode: bool = False) -> None:
+        """Activate one adapter, or several (applied in turn: a Stack). A task head (``modules_to_save``) follows
+        one adapter only: with several, the last one in the list that has its own copy of the head (PEFT's
+        ``set_adapter`` refuses a list on a model with a task head)."""
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        unknown = [n for n in names if n not in self.peft_config]
+        if unknown or not names:
+            raise ValueError(f"set_adapter: unknown adapter(s) {unknown or names}; the model has "
+                             f"{sorted(self.peft_config)}.")
+        for module in self.model.modules():
+            if isinstance(module, AuxiliaryTrainingWrapper):
+                held = [n for n in names if n in module._adapters]
+                module.set_adapter(held[-1:], inference_mode=inference_mode)
+            elif isinstance(module, AdapterLayer):
+                module.set_adapter(adapter_name, inference_mode=inference_mode)
+        self.active_adapter = adapter_name
 
     def tuner_layers(self):
         return (module for module in self.model.modules() if isinstance(module, AdapterLayer))

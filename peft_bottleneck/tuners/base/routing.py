@@ -54,18 +54,19 @@ class Routing:
         return Routing(self.adapters, self.adapter_codes, self.tasks, self.task_codes, self.repeat * factor,
                        self.whole_batch)
 
-    def _rows(self, codes: torch.Tensor, rows: int, device) -> torch.Tensor:
-        routed = codes.shape[0]
-        if rows == routed:
-            expanded = codes
-        elif self.repeat > 1 and rows == routed * self.repeat:
-            expanded = codes.repeat_interleave(self.repeat)
-        else:
+    def check_rows(self, routed: int, rows: int) -> None:
+        """A layer's batch of ``rows`` must be the routed examples (or, in generation, each repeated)."""
+        if rows != routed and not (self.repeat > 1 and rows == routed * self.repeat):
             sizes = f"{routed}" + (f" (or {routed * self.repeat} in generation)" if self.repeat > 1 else "")
             raise ValueError(
                 f"The routing has one entry per example ({sizes}), but a layer received a batch of {rows}: pass "
                 "exactly one adapter name / task per example."
             )
+
+    def _rows(self, codes: torch.Tensor, rows: int, device) -> torch.Tensor:
+        routed = codes.shape[0]
+        self.check_rows(routed, rows)
+        expanded = codes if rows == routed else codes.repeat_interleave(self.repeat)
         return expanded.to(device, non_blocking=True)
 
     def adapter_rows(self, rows: int, device) -> torch.Tensor:
