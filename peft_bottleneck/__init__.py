@@ -25,6 +25,7 @@ from .composition import (
     BatchSplit,
     Fuse,
     Parallel,
+    Split,
     Stack,
     add_fusion,
     compose,
@@ -62,6 +63,7 @@ from .tuners import (
 )
 from .tuners.base import BASE_ROUTE, Routing
 from .discovery import DiscoveryError
+from .averaging import average_adapter
 from .target_modules import AdapterPositions, BlockSite, register_positions
 from . import distributed, safety
 
@@ -71,6 +73,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "AdapterPositions",
+    "average_adapter",
     "BlockSite",
     "DiscoveryError",
     "register_positions",
@@ -83,6 +86,7 @@ __all__ = [
     "BatchSplit",
     "Fuse",
     "Parallel",
+    "Split",
     "Stack",
     "add_fusion",
     "compose",

@@ -11,6 +11,8 @@ module's output:
 - ``Average(a, b, weights=...)``: the weighted mean of the children's outputs (weights normalised, default equal).
 - ``BatchSplit(a, b, batch_sizes=[2, 3])``: consecutive slices of the batch to different children; with names only
   it is per-example routing (``adapter_names``) and runs as one batched computation.
+- ``Split(a, b, splits=[3, 5])``: consecutive slices of the sequence (positions) to different children, as
+  AdapterHub's ``Split``; the splits add up to the sequence length.
 - ``Parallel(a, b)``: the batch replicated once per child (at the model's inputs, which gives the outputs
   AdapterHub's replication at the first adapted layer gives) and the outputs side by side, batch ``n * B`` in order;
   each copy runs as a BatchSplit slice.
@@ -28,7 +30,7 @@ from typing import Optional
 
 from peft import PeftConfig, PeftModel
 
-from .tuners.base.blocks import Average, BatchSplit, Block, Fuse, Parallel, Stack, from_dict, parallel_copies
+from .tuners.base.blocks import Average, BatchSplit, Block, Fuse, Parallel, Split, Stack, from_dict, parallel_copies
 
 
 def _tuner(model):
@@ -136,6 +138,6 @@ def fusion_attention(model) -> dict:
             if getattr(layer, "last_fusion_attention", None) is not None}
 
 
-__all__ = ["Average", "BatchSplit", "Block", "Fuse", "Parallel", "Stack", "add_fusion", "compose", "composing",
+__all__ = ["Average", "BatchSplit", "Block", "Fuse", "Parallel", "Split", "Stack", "add_fusion", "compose", "composing",
            "from_dict",
            "fusion_attention", "load_composed"]

@@ -465,6 +465,14 @@ def test_names_that_collide_with_tensor_containers_are_refused_when_added(name):
     assert_same_state(before, state(model))
 
 
+@pytest.mark.parametrize("name", ["copy", "keys", "update", "to", "train"])
+def test_names_of_parameter_dict_methods_are_refused_when_added(name):
+    model = get_peft_model(tiny_model("bert"), pb.BottleneckConfig(task_type="SEQ_CLS"))
+    with pytest.raises(ValueError, match="method or attribute of torch's ParameterDict"):
+        model.add_adapter(name, pb.BottleneckConfig(task_type="SEQ_CLS"))
+    assert list(model.peft_config) == ["default"]
+
+
 def test_the_name_rule_lets_ordinary_names_through_a_save_and_load(tmp_path):
     model = get_peft_model(tiny_model("bert"), head_config("SEQ_CLS"), adapter_name="sentiment-v2_large")
     model.save_pretrained(tmp_path)

@@ -1,4 +1,4 @@
-"""Composition blocks: Stack, Average, BatchSplit, Parallel and Fuse, as small value objects (see
+"""Composition blocks: Stack, Average, BatchSplit, Split, Parallel and Fuse, as small value objects (see
 ``peft_bottleneck.composition`` for what each computes; the adapted layer evaluates them)."""
 
 from __future__ import annotations
@@ -84,6 +84,23 @@ class BatchSplit(Block):
         return {"batch_sizes": list(self.batch_sizes)}
 
 
+class Split(Block):
+    """Consecutive slices of the sequence to different children (AdapterHub's ``Split``): ``splits`` gives each
+    child's number of positions (one int: the same for every child); they must add up to the sequence length."""
+
+    def __init__(self, *children: Child, splits: Union[int, Sequence[int]]) -> None:
+        super().__init__(*children)
+        sizes = [splits] * len(children) if isinstance(splits, int) and not isinstance(splits, bool) else list(splits)
+        if len(sizes) != len(children) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0
+                                                  for s in sizes):
+            raise ValueError(f"`splits` must be one positive integer per child ({len(children)}) or one for all, got "
+                             f"{splits!r}.")
+        self.splits = tuple(sizes)
+
+    def _extra(self) -> dict:
+        return {"splits": list(self.splits)}
+
+
 class Parallel(Block):
     """The batch once per child, outputs side by side (batch n * B)."""
 
@@ -96,12 +113,14 @@ class Fuse(Block):
         return "fusion_" + "_".join(self.leaves())
 
 
-Stack.allowed = (Fuse, Parallel, BatchSplit, Average)
+# AdapterHub's nesting rules (adapters 1.3), plus Average
+Stack.allowed = (Fuse, Parallel, BatchSplit, Split, Average)
 Average.allowed = (Stack, BatchSplit)
-BatchSplit.allowed = (Stack, Average)
+BatchSplit.allowed = (Stack, Split, Average)
+Split.allowed = (Split, Stack, BatchSplit)
 Parallel.allowed = (Stack, Average)
 Fuse.allowed = ()
-BLOCKS = {cls.__name__: cls for cls in (Stack, Average, BatchSplit, Parallel, Fuse)}
+BLOCKS = {cls.__name__: cls for cls in (Stack, Average, BatchSplit, Split, Parallel, Fuse)}
 
 
 def from_dict(spec) -> Optional[Block]:
@@ -111,7 +130,7 @@ def from_dict(spec) -> Optional[Block]:
     if cls is None:
         raise ValueError(f"Not a composition block: {spec!r} (known: {sorted(BLOCKS)}).")
     children = [from_dict(c) for c in spec["children"]]
-    extra = {k: spec[k] for k in ("weights", "batch_sizes") if k in spec}
+    extra = {k: spec[k] for k in ("weights", "batch_sizes", "splits") if k in spec}
     return cls(*children, **extra)
 
 

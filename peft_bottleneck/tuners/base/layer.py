@@ -515,6 +515,8 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
                        for w, c in zip(block.weights, block.children))
         if isinstance(block, blocks.Fuse):
             return self._fuse(block, h, parallel_input, residual, routing)
+        if isinstance(block, blocks.Split):
+            return self._split(block, h, parallel_input, residual, routing)
         sizes = block.batch_sizes if isinstance(block, blocks.BatchSplit) else None
         if sizes is None:  # Parallel: the model's inputs were replicated once per child
             copies = len(block.children)
@@ -535,6 +537,20 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
                                         None if residual is None else residual[piece], None))
             start += size
         return torch.cat(parts)
+
+    def _split(self, block, h, parallel_input, residual, routing) -> torch.Tensor:
+        """AdapterHub's Split: consecutive slices of the sequence (dimension 1) to the children, in order."""
+        if h.dim() < 3 or sum(block.splits) != h.shape[1]:
+            raise ValueError(f"{block!r} splits {sum(block.splits)} positions, but this layer sees a sequence of "
+                             f"{h.shape[1] if h.dim() >= 3 else 'none'} (shape {tuple(h.shape)}): the splits must add "
+                             "up to the sequence length.")
+        parts, start = [], 0
+        for child, size in zip(block.children, block.splits):  # the block's few children, never the positions
+            piece = (slice(None), slice(start, start + size))
+            parts.append(self._evaluate(child, h[piece], parallel_input[piece],
+                                        None if residual is None else residual[piece], routing))
+            start += size
+        return torch.cat(parts, dim=1)
 
     def _fuse(self, block, h, parallel_input, residual, routing) -> torch.Tensor:
         """AdapterFusion: ``h + sum_i softmax_i(q . k_i) v_i`` over the children's scaled outputs ``u_i``."""

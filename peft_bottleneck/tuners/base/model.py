@@ -52,6 +52,11 @@ def check_adapter_name(name) -> None:
             f"Adapter name {name!r} is not allowed: use letters, digits, '_' and '-' only (no dots, path separators, "
             f"spaces or empty names), not starting with '-', and not the reserved {list(RESERVED_NAMES)}."
         )
+    if hasattr(nn.ParameterDict, name) or hasattr(nn.ModuleDict, name):
+        raise ValueError(
+            f"Adapter name {name!r} is not allowed: it is the name of a method or attribute of torch's ParameterDict / "
+            "ModuleDict, which hold every adapter's tensors by name (e.g. 'copy', 'keys', 'update', 'to', 'train')."
+        )
     prefixes = tuner_prefixes()
     clash = next((p for p in prefixes if p in name), None) or next((w for w in WRAPPER_NAMES if w in name), None)
     if clash is not None:
