@@ -16,7 +16,7 @@ from peft_bottleneck.convert import ConversionError, convert, from_adapterhub
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adapterhub"
 CASES = sorted(p.name for p in (FIXTURES / "cases").iterdir())
-REFUSED = {"bert_seq_bn_inv": "inv_adapter"}
+REFUSED = {}
 AUTO = {"gpt2": tf.AutoModelForCausalLM, "llama": tf.AutoModelForCausalLM}
 
 

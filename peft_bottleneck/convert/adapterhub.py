@@ -51,6 +51,8 @@ _TENSORS = {
     "adapter_norm_after.weight": "ln_after_weight", "adapter_norm_after.bias": "ln_after_bias",
     "scaling": "scale", "gate.weight": "gate_weight", "gate.bias": "gate_bias",
 }
+# AdapterHub's shared PHM factors (shared_W_phm) -> ours (with a leading route dimension)
+_SHARED_W = {"W_down_left": "down_s", "W_down_right": "down_t", "W_up_left": "up_s", "W_up_right": "up_t"}
 # fields of BnConfig that change nothing once trained, or that we express through the keys
 _IGNORED = {"init_weights_seed", "stochastic_depth", "mh_adapter", "output_adapter", "leave_out", "reduction_factor",
             "architecture", "phm_layer", "hypercomplex_nonlinearity", "init_weights", "cross_adapter"}
@@ -139,34 +141,38 @@ def convert_config(saved: dict, targets: list[str]):
     if architecture not in (None, "bottleneck"):
         raise ConversionError(f"AdapterHub architecture {architecture!r} is not a bottleneck adapter; only "
                               "bottleneck adapters (seq_bn, double_seq_bn, par_bn, compacter, ...) convert.")
-    for name, allowed in (("inv_adapter", None), ("shared_W_phm", False), ("cross_adapter", False)):
+    for name, allowed in (("cross_adapter", False),):
         if ah.get(name, allowed) not in (allowed,):
-            reason = {"inv_adapter": "invertible adapters on the embeddings have no counterpart here",
-                      "shared_W_phm": "sharing the PHM weights across layers is not supported",
-                      "cross_adapter": "cross-attention adapters are not in the architecture table"}[name]
+            reason = {"cross_adapter": "cross-attention adapters are not in the architecture table"}[name]
             raise ConversionError(f"`{name}={ah[name]!r}` cannot be reproduced: {reason}.")
-    if isinstance(ah.get("reduction_factor"), dict):
-        raise ConversionError("`reduction_factor` per layer (a mapping) cannot be reproduced: one bottleneck width "
-                              "per adapter.")
     activation = str(ah.get("non_linearity", "relu")).lower()
     if activation not in ALLOWED_NON_LINEARITIES:
         raise ConversionError(f"`non_linearity={activation!r}` is not one of ours {list(ALLOWED_NON_LINEARITIES)}.")
     common = dict(
         target_modules=targets, non_linearity=activation, adapter_dropout=float(ah.get("dropout", 0.0)),
         scaling=ah.get("scaling", 1.0), use_gating=bool(ah.get("use_gating", False)),
-        original_ln_before=bool(ah.get("original_ln_before", False)),
+        # AdapterHub's parallel adapters never read original_ln_before (its compacter++ preset sets it anyway)
+        original_ln_before=bool(ah.get("original_ln_before", False)) and not ah.get("is_parallel"),
         original_ln_after=bool(ah.get("original_ln_after", True)),
         residual_before_ln=ah.get("residual_before_ln", True), ln_before=bool(ah.get("ln_before", False)),
         ln_after=bool(ah.get("ln_after", False)),
         adapter_residual_before_ln=bool(ah.get("adapter_residual_before_ln", False)),
+        inv_adapter=ah.get("inv_adapter") or None,
+        # a mapping (one factor per layer) sizes each layer's adapter; a number is replaced by the measured width
+        reduction_factor=ah["reduction_factor"] if isinstance(ah.get("reduction_factor"), dict) else 16,
+        inv_adapter_reduction_factor=ah.get("inv_adapter_reduction_factor") if ah.get("inv_adapter") else None,
     )
     placement = "houlsby" if ah.get("mh_adapter") else "pfeiffer"
     if ah.get("phm_layer"):
-        if ah.get("is_parallel"):
-            raise ConversionError("`phm_layer=True` with `is_parallel=True` (a parallel Compacter) is not supported.")
+        if ah.get("is_parallel") and ah.get("mh_adapter"):
+            raise ConversionError("A parallel Compacter at the attention output (`mh_adapter=True`, "
+                                  "`is_parallel=True`) has no counterpart here: parallel adapters span the "
+                                  "feed-forward block.")
         phm = {k: ah[k] for k in ("phm_dim", "shared_phm_rule", "factorized_phm_rule", "factorized_phm_W",
-                                  "phm_c_init", "phm_init_range", "learn_phm", "phm_bias", "phm_rank") if k in ah}
-        return CompacterConfig(placement=placement, init_weights="adapterhub", **phm, **common)
+                                  "phm_c_init", "phm_init_range", "learn_phm", "phm_bias", "phm_rank",
+                                  "shared_W_phm") if k in ah}
+        return CompacterConfig(placement=placement, init_weights="adapterhub", is_parallel=bool(ah.get("is_parallel")),
+                               **phm, **common)
     init = {"bert": "bert", "houlsby": "houlsby", "mam_adapter": "mam_adapter"}.get(ah.get("init_weights"), "bert")
     if ah.get("is_parallel"):
         return ParallelAdapterConfig(init_weights=init, **common)
@@ -187,9 +193,14 @@ def convert_state_dict(weights: dict, saved: dict, config) -> tuple[dict[str, to
     key_pattern = re.compile(rf"^(.*?)\.?({location_pattern})\.adapters\.{re.escape(str(name))}\.(.+)$")
     prefix = prefix_of(config)
     converted, modules, shared = {}, {}, {}
+    invertible = re.compile(rf"^(?:.*\.)?invertible_adapters\.{re.escape(str(name))}\.(.+)$")
     for key, value in weights.items():
         if ".shared_parameters." in key:
             shared[key.rsplit(".", 1)[1]] = value
+            continue
+        coupling = invertible.match(key)
+        if coupling is not None:  # the tuner's own container (see tuners/base/invertible.py), saved without a name
+            converted[f"base_model.{prefix}invertible.{coupling.group(1)}"] = value
             continue
         match = key_pattern.match(key)
         if match is None:
@@ -221,8 +232,9 @@ def convert_state_dict(weights: dict, saved: dict, config) -> tuple[dict[str, to
                 converted[f"base_model.model.{module}.{prefix}{tensor}"] = value
                 continue
             converted[f"base_model.model.{module}.{prefix}{tensor}"] = _with_route_dim(tensor, value)
-    for tensor, value in shared.items():  # one rule for the model: registered with the first adapted module
-        converted[f"base_model.model.{ordered[0]}.{prefix}{tensor}"] = value
+    for tensor, value in shared.items():  # one rule (and shared B_i) for the model: with the first adapted module
+        ours = _SHARED_W.get(tensor)
+        converted[f"base_model.model.{ordered[0]}.{prefix}{ours or tensor}"] = value.unsqueeze(0) if ours else value
     return converted, ordered
 
 
@@ -274,7 +286,8 @@ def convert(source: str, destination: str, *, revision: Optional[str] = None, in
         state = {_reprefix_key(k, base_model_prefix_map): v for k, v in state.items()}
         modules = [_reprefix(m, base_model_prefix_map) for m in modules]
     config.target_modules = set(modules)
-    config.bottleneck_size = _width(state)
+    if not isinstance(config.reduction_factor, dict):
+        config.bottleneck_size = _width(state)
     if config.is_parallel:
         config.input_from = dict(getattr(ADAPTER_POSITIONS.get(model_type), "ffn_input_from", {}) or {})
     if saved["config"].get("leave_out"):
@@ -311,6 +324,8 @@ def _reprefix(module: str, mapping: dict) -> str:
 
 
 def _reprefix_key(key: str, mapping: dict) -> str:
+    if not key.startswith("base_model.model."):
+        return key  # the tuner's own containers (invertible adapters) do not follow the model's module paths
     body = key.removeprefix("base_model.model.")
     return "base_model.model." + _reprefix(body, mapping)
 

@@ -232,10 +232,11 @@ class AdapterConfigBase(TargetingConfig):
             "biases of the adapted modules)."
         },
     )
-    reduction_factor: float = field(
+    reduction_factor: Union[float, dict] = field(
         default=16,
         metadata={"help": "Bottleneck size = hidden size // reduction_factor (ignored when bottleneck_size is set); "
-                  "at least 1/64."},
+                  "at least 1/64. Or one per layer, AdapterHub's mapping: {'0': 8, 'default': 16} (layer indices "
+                  "count an encoder-decoder's encoder layers first, then its decoder layers)."},
     )
     bottleneck_size: Optional[int] = field(
         default=None, metadata={"help": "Explicit bottleneck width; overrides reduction_factor."}
@@ -321,6 +322,18 @@ class AdapterConfigBase(TargetingConfig):
             "default wiring only."
         },
     )
+    inv_adapter: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "An invertible adapter (MAD-X) on the embedding output, its inverse before the output embeddings: "
+            "'nice' or 'glow' coupling (AdapterHub's `inv_adapter`), or None."
+        },
+    )
+    inv_adapter_reduction_factor: Optional[float] = field(
+        default=None,
+        metadata={"help": "Reduction factor inside the invertible adapter's subnets (AdapterHub's presets: 2); "
+                  "required with inv_adapter."},
+    )
     input_from: Optional[dict[str, str]] = field(
         default=None,
         metadata={
@@ -333,7 +346,7 @@ class AdapterConfigBase(TargetingConfig):
     def __post_init__(self):
         super().__post_init__()
         # below 1/64 the bottleneck would be wider than 64x the hidden size: a typo, not an adapter
-        check_number(self, "reduction_factor", 1 / 64)
+        self._check_reduction_factor()
         check_number(self, "bottleneck_size", 1, integer=True, optional=True)
         if self.non_linearity is None:
             self.non_linearity = self.default_non_linearity()
@@ -359,6 +372,14 @@ class AdapterConfigBase(TargetingConfig):
         if self.is_parallel and self.original_ln_before:
             raise ValueError("`original_ln_before=True` applies to sequential adapters only (is_parallel=False).")
         check_name_list(self, "input_modules", allow_regex=False)
+        if self.inv_adapter is not None:
+            check_choice(self, "inv_adapter", INV_ADAPTER_CHOICES)
+            if self.inv_adapter_reduction_factor is None:
+                raise ValueError("`inv_adapter_reduction_factor` is required with `inv_adapter` (AdapterHub's presets "
+                                 "use 2).")
+            check_number(self, "inv_adapter_reduction_factor", 1 / 64)
+        elif self.inv_adapter_reduction_factor is not None:
+            check_number(self, "inv_adapter_reduction_factor", 1 / 64)
         if self.fusion_of is not None and not (isinstance(self.fusion_of, (list, tuple)) and len(self.fusion_of) > 1
                                                and all(isinstance(n, str) and n for n in self.fusion_of)):
             raise TypeError(f"`fusion_of` must list at least two adapter names, got {self.fusion_of!r}.")
@@ -377,6 +398,24 @@ class AdapterConfigBase(TargetingConfig):
             raise TypeError(f"`input_from` must map target names to module names (dict[str, str]), got "
                             f"{self.input_from!r}.")
 
+    def _check_reduction_factor(self) -> None:
+        if not isinstance(self.reduction_factor, dict):
+            check_number(self, "reduction_factor", 1 / 64)  # below: a width over 64x the hidden size, a typo
+            return
+        factors = {}
+        for key, value in self.reduction_factor.items():
+            name = str(key)
+            if name != "default" and not (name.isdigit() and not isinstance(key, bool)):
+                raise ValueError(f"`reduction_factor` as a mapping takes layer indices (0, 1, ... or '0', '1', ...) "
+                                 f"and 'default' as keys, got {key!r}.")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+                    value < 1 / 64:
+                raise ValueError(f"`reduction_factor[{name!r}]` must be a finite number >= 1/64, got {value!r}.")
+            factors[name] = float(value) if not isinstance(value, int) else value
+        if not factors:
+            raise ValueError("`reduction_factor` as a mapping must name at least 'default' or one layer.")
+        self.reduction_factor = factors
+
     def default_non_linearity(self) -> str:
         """The non-linearity when none is given: the field's declared default (the type's published preset)."""
         default = type(self).__dataclass_fields__["non_linearity"].default
@@ -386,10 +425,17 @@ class AdapterConfigBase(TargetingConfig):
         """Whether the placement's published preset sets ``original_ln_before`` (applied at the default positions)."""
         return False
 
-    def bottleneck_width(self, hidden_size: int) -> int:
+    def bottleneck_width(self, hidden_size: int, layer_index: Optional[int] = None) -> int:
         if self.bottleneck_size is not None:
             return self.bottleneck_size
-        return max(1, int(hidden_size // self.reduction_factor))
+        factor = self.reduction_factor
+        if isinstance(factor, dict):
+            key = str(layer_index) if str(layer_index) in factor else "default"
+            if key not in factor:
+                raise ValueError(f"`reduction_factor` {factor} names neither layer {layer_index} nor 'default'; add "
+                                 "'default' (AdapterHub's rule).")
+            factor = factor[key]
+        return max(1, int(hidden_size // factor))
 
     init_weights_choices: ClassVar[tuple] = INIT_WEIGHTS_CHOICES
 
@@ -409,5 +455,6 @@ class AdapterConfigBase(TargetingConfig):
         raise NotImplementedError
 
 
+INV_ADAPTER_CHOICES = ("nice", "glow")
 STRUCTURE_FIELDS = ("original_ln_before", "original_ln_after", "residual_before_ln", "ln_before", "ln_after",
                     "adapter_residual_before_ln", "is_parallel", "use_gating")

@@ -61,6 +61,11 @@ class AdapterKind:
         return bool(cls.shared)
 
     @classmethod
+    def shared_tensors(cls, config) -> tuple[str, ...]:
+        """The names of the model-wide tensors adapters of this config have (a subset of ``shared``)."""
+        return cls.shared if cls.has_shared(config) else ()
+
+    @classmethod
     def check_shared(cls, shared: dict, sizes: Sizes) -> None:
         """Raise if a layer of these sizes cannot use the model-wide tensors another layer made."""
 

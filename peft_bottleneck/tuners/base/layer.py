@@ -204,9 +204,9 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             self.adapter_layer_names = (*self.adapter_layer_names, name)
         return getattr(self, name)
 
-    def adapter_sizes(self, config: AdapterConfigBase, routes: int) -> Sizes:
+    def adapter_sizes(self, config: AdapterConfigBase, routes: int, layer_index: Optional[int] = None) -> Sizes:
         in_features = self.adapter_in_features(config)
-        return Sizes(routes, in_features, config.bottleneck_width(self.width_reference(in_features)),
+        return Sizes(routes, in_features, config.bottleneck_width(self.width_reference(in_features), layer_index),
                      self.out_features)
 
     def adapter_in_features(self, config: AdapterConfigBase) -> int:
@@ -236,9 +236,10 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         adapter_config = self.kind_config(config)
         kind = FusionKind if getattr(adapter_config, "fusion_of", None) else kind_of(adapter_config)
         routes, tasks = self.routes_for(config, adapter_name)
-        sizes = self.adapter_sizes(adapter_config, routes)
+        layer_index = kwargs.get("layer_index")
+        sizes = self.adapter_sizes(adapter_config, routes, layer_index)
         if on_input:
-            sizes = Sizes(routes, self.in_features, adapter_config.bottleneck_width(self.in_features),
+            sizes = Sizes(routes, self.in_features, adapter_config.bottleneck_width(self.in_features, layer_index),
                           self.in_features)
         tensors = kind.create(adapter_config, sizes)
         if kind is not FusionKind:
@@ -250,7 +251,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             for tensor, value in kind.create_shared(adapter_config, sizes).items():
                 self.container(tensor)[adapter_name] = nn.Parameter(value)
         if shared_owner is not None and kind.has_shared(adapter_config):
-            shared = {t: shared_owner.container(t)[adapter_name] for t in kind.shared
+            shared = {t: shared_owner.container(t)[adapter_name] for t in kind.shared_tensors(adapter_config)
                       if adapter_name in shared_owner.container(t)}
             kind.check_shared(shared, sizes)
             for tensor in shared:

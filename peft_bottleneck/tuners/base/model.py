@@ -199,10 +199,23 @@ class AdapterTuner(BaseTuner):
         gets the adapter, the layer holding its kind's model-wide tensors."""
         config = self.adapter_config(peft_config)
         kwargs = {"on_input": _matches(current_key, config.input_modules)}
+        if isinstance(getattr(config, "reduction_factor", None), dict):
+            kwargs["layer_index"] = self._adapterhub_layer_index(current_key)
         if not kind_of_layer_shares(config):
             return kwargs
         owner = self._shared.get(adapter_name)
         return {**kwargs, "shared_owner": owner} if owner is not None else kwargs
+
+    def _adapterhub_layer_index(self, key: str) -> Optional[int]:
+        """The layer index AdapterHub gives ``key``'s block: its index in the stack, an encoder-decoder's decoder
+        layers numbered after the encoder's."""
+        index = _layer_index(key)
+        config = getattr(self.model, "config", None)
+        if index is None or not getattr(config, "is_encoder_decoder", False) or ".decoder." not in f".{key}":
+            return index
+        encoder_layers = next((getattr(config, n) for n in ("encoder_layers", "num_layers", "num_hidden_layers")
+                               if isinstance(getattr(config, n, None), int)), 0)
+        return index + encoder_layers
 
     def _attach_context(self, context: BlockContext, peft_config, current_key: str) -> None:
         config = self.adapter_config(peft_config)
@@ -279,6 +292,9 @@ class AdapterTuner(BaseTuner):
                 module.set_adapter(held[-1:], inference_mode=inference_mode)
             elif isinstance(module, AdapterLayer):
                 module.set_adapter(adapter_name, inference_mode=inference_mode)
+        holder = self._invertible()
+        for name in getattr(holder, "settings", {}):
+            holder[name].requires_grad_(name in names and not inference_mode)
         self.active_adapter = adapter_name
 
     def tuner_layers(self):
@@ -287,12 +303,86 @@ class AdapterTuner(BaseTuner):
     def _unload_and_optionally_merge(self, *args, **kwargs):
         for layer in self.tuner_layers():
             layer.context.detach()
+        for name in list(getattr(self._invertible(), "settings", {})):
+            self._remove_invertible(name)
         return super()._unload_and_optionally_merge(*args, **kwargs)
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
+        self._remove_invertible(adapter_name)
         self._shared.pop(adapter_name, None)
         self._targets.pop(adapter_name, None)
+
+    # -- invertible adapters (MAD-X): on the embedding output, inverted before the output embeddings ----------------
+
+    def _invertible(self):
+        # owned by the tuner, as PEFT's VeRA owns its shared matrices: PEFT saves and loads the tuner's own containers
+        return self._modules.get(self.prefix + "invertible")
+
+    def _add_invertible(self, adapter_name: str, peft_config) -> None:
+        config = self.adapter_config(peft_config)
+        if not getattr(config, "inv_adapter", None):
+            return
+        if getattr(peft_config, "tasks", None):
+            raise ValueError("`inv_adapter` is per adapter name: a task-routed controller cannot hold one. Add the "
+                             "invertible (language) adapter as an adapter of its own and stack the controller on it.")
+        holder = self._invertible()
+        if holder is None:
+            holder = self._attach_invertible()
+        found = self.discovered()
+        if isinstance(found, DiscoveryError):
+            raise ValueError(f"`inv_adapter` needs the model's embedding output (the input of its first block): "
+                             f"{found}") from None
+        first = f"{self.__dict__['_inv_first_block']}"
+        holder.add(adapter_name, config.inv_adapter, found.features[first][0], config.inv_adapter_reduction_factor,
+                   config.non_linearity)
+        trainable = adapter_name in self.active_adapters and not peft_config.inference_mode
+        holder[adapter_name].requires_grad_(trainable)
+        holder[adapter_name].to(next(self.model.parameters()).device)
+
+    def _attach_invertible(self):
+        from .invertible import InvertibleAdapters, hidden_argument
+
+        found = self.discovered()
+        if isinstance(found, DiscoveryError):
+            raise ValueError(f"`inv_adapter` needs the model's embedding output (the input of its first block): "
+                             f"{found}") from None
+        first_key = f"{found.chosen_towers(None)[0].path}.0"  # the text tower (an encoder-decoder's encoder)
+        holder = InvertibleAdapters()
+        self.add_module(self.prefix + "invertible", holder)
+        state = self.routing_state
+
+        def on_embeddings(module, args, kwargs):
+            where, value = hidden_argument(args, kwargs)
+            if where is None:
+                return None
+            coupled = holder.routed(value, state, self.active_adapters, reverse=False)
+            if where[0] == "arg":
+                return (*args[:where[1]], coupled, *args[where[1] + 1:]), kwargs
+            return args, {**kwargs, where[1]: coupled}
+
+        def before_head(module, args):
+            if not args or not torch.is_tensor(args[0]):
+                return None
+            return (holder.routed(args[0], state, self.active_adapters, reverse=True), *args[1:])
+
+        handles = [self.model.get_submodule(first_key).register_forward_pre_hook(on_embeddings, with_kwargs=True)]
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        if isinstance(head, nn.Module):
+            handles.append(head.register_forward_pre_hook(before_head))
+        self.__dict__["_inv_handles"] = handles
+        self.__dict__["_inv_first_block"] = first_key
+        return holder
+
+    def _remove_invertible(self, adapter_name: str) -> None:
+        holder = self._invertible()
+        if holder is None:
+            return
+        holder.remove(adapter_name)
+        if not holder.settings:
+            for handle in self.__dict__.pop("_inv_handles", []):
+                handle.remove()
+            del self._modules[self.prefix + "invertible"]
 
     # -- adding adapters: transactional, and flat in the number held ------------------------------------------
 
@@ -309,9 +399,11 @@ class AdapterTuner(BaseTuner):
             self._targets[adapter_name] = (self._signature(self.peft_config[adapter_name]),
                                            self._targets.get(adapter_name, (None, []))[1])
             self._shared.pop(adapter_name, None)  # only needed while this adapter's layers are made
+            self._add_invertible(adapter_name, self.peft_config[adapter_name])
             if autocast_adapter_dtype:
                 keep_saved_modules_in_fp32(model, adapter_name)
         except BaseException as error:
+            self._remove_invertible(adapter_name)
             self.remove_partial_adapter(model, adapter_name, before)
             leave_out = getattr(self.peft_config.get(adapter_name), "leave_out", None)
             if isinstance(error, NoMatchingPeftModuleError) and leave_out:
@@ -370,6 +462,15 @@ class AdapterTuner(BaseTuner):
         return True
 
     # -- loading ------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        # the invertible adapters' container is keyed by adapter name with a coupling block below it; PEFT's default
+        # only removes a name followed by one more part (saving and loading both map keys through this)
+        container = f"{cls.prefix}invertible.{adapter_name}."
+        if container in key:
+            return key.replace(container, f"{cls.prefix}invertible.", 1)
+        return super()._remove_adapter_name_from_key(key, adapter_name)
 
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):

@@ -5,6 +5,7 @@ from typing import ClassVar, Literal, Optional, Union
 
 from ...registration import peft_type
 from ..base.config import check_bool, check_choice, check_number
+from ...target_modules import colliding_names
 from ..bottleneck.config import BottleneckConfig
 
 PHM_C_INITS = ("normal", "uniform")
@@ -113,11 +114,18 @@ class CompacterConfig(BottleneckConfig):
         for name in ("shared_phm_rule", "factorized_phm_rule", "factorized_phm_W", "shared_W_phm", "learn_phm",
                      "phm_bias"):
             check_bool(self, name)
-        if self.shared_W_phm:
-            raise ValueError("`shared_W_phm=True` (AdapterHub's sharing of the B_i across layers) is not supported; "
-                             "use False.")
-        if self.is_parallel:
-            raise ValueError("`is_parallel=True` is not supported for Compacter; use ParallelAdapterConfig.")
+        if self.shared_W_phm and not self.factorized_phm_W:
+            raise ValueError("`shared_W_phm=True` needs `factorized_phm_W=True`: AdapterHub 1.3 itself fails on the "
+                             "unfactorised shared form (a NameError in its init_shared_parameters), so there is no "
+                             "computation of its to reproduce.")
+        if self.is_parallel and self.placement != "pfeiffer":
+            raise ValueError("`is_parallel=True` (a parallel Compacter, as AdapterHub's) spans the feed-forward block "
+                             "only: use placement='pfeiffer' with it.")
+
+    def default_targets(self, positions) -> tuple[list[str], list[str]]:
+        if self.is_parallel:  # beside the feed-forward block, reading its input, as ParallelAdapterConfig
+            return list(positions.ffn_block), colliding_names(positions.attention_output, positions.ffn_block)
+        return super().default_targets(positions)
 
     def own_peft_type(self):
         return peft_type("COMPACTER")

@@ -20,13 +20,25 @@ class PHMKind(AdapterKind):
     name = "phm"
     tensors = ("down_s", "down_t", "down_w", "down_bias", "up_s", "up_t", "up_w", "up_bias", "phm_rule",
                "phm_rule_left", "phm_rule_right")
-    shared = ("phm_rule", "phm_rule_left", "phm_rule_right")
+    shared = ("phm_rule", "phm_rule_left", "phm_rule_right", "down_s", "down_t", "up_s", "up_t")
 
     @classmethod
     def create(cls, config: CompacterConfig, sizes: Sizes) -> dict[str, torch.Tensor]:
         routes, in_features, width, out_features = sizes
+        check_divisible(config.phm_dim, adapter_input_size=in_features, hidden_size=out_features,
+                        bottleneck_size=width)
+        tensors = {} if config.shared_W_phm else cls._factor_tensors(config, sizes)
+        for projection, fan_out in (("down", width), ("up", out_features)):
+            if config.phm_bias:
+                tensors[f"{projection}_bias"] = torch.zeros(routes, fan_out)
+        if not config.shared_phm_rule:
+            tensors.update(cls._rule_tensors(config, (2,)))
+        return tensors
+
+    @staticmethod
+    def _factor_tensors(config: CompacterConfig, sizes: Sizes) -> dict[str, torch.Tensor]:
+        routes, in_features, width, out_features = sizes
         n, rank = config.phm_dim, config.phm_rank
-        check_divisible(n, adapter_input_size=in_features, hidden_size=out_features, bottleneck_size=width)
         tensors = {}
         for projection, (fan_in, fan_out) in (("down", (in_features, width)), ("up", (width, out_features))):
             p, q = fan_in // n, fan_out // n
@@ -35,19 +47,32 @@ class PHMKind(AdapterKind):
                 tensors[f"{projection}_t"] = torch.empty(routes, n, rank, q)
             else:
                 tensors[f"{projection}_w"] = torch.empty(routes, n, p, q)
-            if config.phm_bias:
-                tensors[f"{projection}_bias"] = torch.zeros(routes, fan_out)
-        if not config.shared_phm_rule:
-            tensors.update(cls._rule_tensors(config, (2,)))
         return tensors
 
     @classmethod
     def has_shared(cls, config) -> bool:
-        return config.shared_phm_rule
+        return config.shared_phm_rule or config.shared_W_phm
+
+    @classmethod
+    def shared_tensors(cls, config) -> tuple[str, ...]:
+        rules = cls.shared[:3] if config.shared_phm_rule else ()
+        return rules + (cls.shared[3:] if config.shared_W_phm else ())
 
     @classmethod
     def create_shared(cls, config: CompacterConfig, sizes: Sizes) -> dict[str, torch.Tensor]:
-        return cls._rule_tensors(config, ()) if config.shared_phm_rule else {}
+        shared = cls._rule_tensors(config, ()) if config.shared_phm_rule else {}
+        if config.shared_W_phm:  # AdapterHub's shared B_i: one set of factors for every layer
+            factors = cls._factor_tensors(config, sizes)
+            cls._init_factors(factors, config.init_weights)
+            shared.update(factors)
+        return shared
+
+    @classmethod
+    def check_shared(cls, shared: dict, sizes: Sizes) -> None:
+        factors = {k: v for k, v in shared.items() if not k.startswith("phm_rule")}
+        if factors and cls.sizes_of({**factors, **{k: v for k, v in shared.items()}})[1:] != tuple(sizes)[1:]:
+            raise ValueError(f"`shared_W_phm=True` shares one set of PHM factors, sized for another module "
+                             f"({cls.sizes_of(factors)[1:]} vs {tuple(sizes)[1:]} here): adapt modules of one size.")
 
     @staticmethod
     def _rule_tensors(config: CompacterConfig, lead: tuple) -> dict[str, torch.Tensor]:
@@ -66,18 +91,25 @@ class PHMKind(AdapterKind):
     @classmethod
     def reset(cls, tensors, config: CompacterConfig, init_weights) -> None:
         with torch.no_grad():
+            cls._init_factors(tensors, init_weights)
             for projection in ("down", "up"):
-                factors = [tensors[k] for k in (f"{projection}_s", f"{projection}_t", f"{projection}_w") if k in tensors]
-                for factor in factors:  # Glorot-uniform over each B_i's own fan (AdapterHub's default)
-                    bound = math.sqrt(6.0 / (factor.shape[-2] + factor.shape[-1]))
-                    nn.init.uniform_(factor, -bound, bound)
                 bias = tensors.get(f"{projection}_bias")
                 if init_weights is False and bias is not None:
                     nn.init.normal_(bias, std=0.1)
                 elif bias is not None:
                     nn.init.zeros_(bias)
-            if init_weights is True:
-                nn.init.zeros_(tensors["up_t"] if "up_t" in tensors else tensors["up_w"])
+
+    @staticmethod
+    def _init_factors(tensors, init_weights) -> None:
+        with torch.no_grad():
+            for projection in ("down", "up"):
+                factors = [tensors[k] for k in (f"{projection}_s", f"{projection}_t", f"{projection}_w") if k in tensors]
+                for factor in factors:  # Glorot-uniform over each B_i's own fan (AdapterHub's default)
+                    bound = math.sqrt(6.0 / (factor.shape[-2] + factor.shape[-1]))
+                    nn.init.uniform_(factor, -bound, bound)
+            up = tensors.get("up_t", tensors.get("up_w"))
+            if init_weights is True and up is not None:
+                nn.init.zeros_(up)
 
     @classmethod
     def grow(cls, tensors, config, routes: int):
