@@ -4,7 +4,8 @@ same tensor of existing adapters, for task arithmetic (negative weights subtract
 AdapterHub offers one combination for bottleneck adapters, ``combine_strategy="linear"`` (its other two,
 ``lora_linear_only_negate_b`` and ``lora_delta_w_svd``, exist for LoRA only), with the same weight rule as here:
 no weights = equal ones; given weights are divided by their sum unless ``normalize_weights=False``. Every tensor of
-the adapter is averaged: projections, biases, layer norms, gates, learned scales, and Compacter's shared rules. A
+the adapter is averaged: projections, biases, layer norms, gates, learned scales, Compacter's shared rules and
+factors, and the invertible adapter (as AdapterHub's ``_average_invertible_adapter``). A
 task head (``modules_to_save``) is not: the new adapter gets the base model's head, as AdapterHub's
 ``average_adapter`` leaves heads to ``average_head``.
 """
@@ -128,6 +129,11 @@ def _average_tensors(tuner, adapter_name: str, weights: dict[str, float]) -> Non
                     raise ValueError(f"average_adapter: tensor {tensor!r} has different shapes across the adapters; "
                                      "average adapters of one size.")
                 value.copy_(torch.stack(parts).sum(0))
+        holder = tuner._invertible()
+        if holder is not None and adapter_name in holder:  # AdapterHub averages the invertible adapters too
+            target = holder[adapter_name].state_dict()
+            for key, value in target.items():
+                value.copy_(torch.stack([w * holder[n].state_dict()[key] for n, w in weights.items()]).sum(0))
 
 
 __all__ = ["COMBINE_STRATEGIES", "average_adapter"]
