@@ -64,6 +64,7 @@ from .tuners import (
 from .tuners.base import BASE_ROUTE, Routing
 from .discovery import DiscoveryError
 from .averaging import average_adapter
+from .presets import PRESET_NAMES, get_config
 from .target_modules import AdapterPositions, BlockSite, register_positions
 from . import distributed, safety
 
@@ -74,6 +75,8 @@ __version__ = "0.2.0"
 __all__ = [
     "AdapterPositions",
     "average_adapter",
+    "get_config",
+    "PRESET_NAMES",
     "BlockSite",
     "DiscoveryError",
     "register_positions",

@@ -136,7 +136,13 @@ def read_config(folder: Path) -> dict:
 
 def convert_config(saved: dict, targets: list[str]):
     """Our config for an AdapterHub ``BnConfig`` (every field that changes the forward, or a ConversionError)."""
-    ah = dict(saved["config"])
+    config_cls, kwargs = config_arguments(dict(saved["config"]), targets)
+    return config_cls(**kwargs)
+
+
+def config_arguments(ah: dict, targets) -> tuple[type, dict]:
+    """(our config class, its arguments) for the fields of an AdapterHub ``BnConfig`` (also used for its presets by
+    name, ``peft_bottleneck.get_config``)."""
     architecture = ah.get("architecture")
     if architecture not in (None, "bottleneck"):
         raise ConversionError(f"AdapterHub architecture {architecture!r} is not a bottleneck adapter; only "
@@ -158,8 +164,8 @@ def convert_config(saved: dict, targets: list[str]):
         ln_after=bool(ah.get("ln_after", False)),
         adapter_residual_before_ln=bool(ah.get("adapter_residual_before_ln", False)),
         inv_adapter=ah.get("inv_adapter") or None,
-        # a mapping (one factor per layer) sizes each layer's adapter; a number is replaced by the measured width
-        reduction_factor=ah["reduction_factor"] if isinstance(ah.get("reduction_factor"), dict) else 16,
+        # a converted checkpoint's width is read off its weights (bottleneck_size); a mapping sizes each layer
+        reduction_factor=ah.get("reduction_factor", 16),
         inv_adapter_reduction_factor=ah.get("inv_adapter_reduction_factor") if ah.get("inv_adapter") else None,
     )
     placement = "houlsby" if ah.get("mh_adapter") else "pfeiffer"
@@ -171,12 +177,12 @@ def convert_config(saved: dict, targets: list[str]):
         phm = {k: ah[k] for k in ("phm_dim", "shared_phm_rule", "factorized_phm_rule", "factorized_phm_W",
                                   "phm_c_init", "phm_init_range", "learn_phm", "phm_bias", "phm_rank",
                                   "shared_W_phm") if k in ah}
-        return CompacterConfig(placement=placement, init_weights="adapterhub", is_parallel=bool(ah.get("is_parallel")),
-                               **phm, **common)
+        return CompacterConfig, dict(placement=placement, init_weights="adapterhub",
+                                     is_parallel=bool(ah.get("is_parallel")), **phm, **common)
     init = {"bert": "bert", "houlsby": "houlsby", "mam_adapter": "mam_adapter"}.get(ah.get("init_weights"), "bert")
     if ah.get("is_parallel"):
-        return ParallelAdapterConfig(init_weights=init, **common)
-    return BottleneckConfig(placement=placement, init_weights=init, **common)
+        return ParallelAdapterConfig, dict(init_weights=init, **common)
+    return BottleneckConfig, dict(placement=placement, init_weights=init, **common)
 
 
 def convert_state_dict(weights: dict, saved: dict, config) -> tuple[dict[str, torch.Tensor], list[str]]:
