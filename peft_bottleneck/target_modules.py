@@ -90,6 +90,18 @@ _BART_LIKE = AdapterPositions(
         "fc2": BlockSite(("fc1", (0, "input")), "final_layer_norm"),
     },
 )
+# mBART normalises before each sublayer (pre-LN), unlike BART; AdapterHub's mBART passes no LayerNorm either
+_MBART = AdapterPositions(
+    attention_output=("self_attn.out_proj", "encoder_attn.out_proj"),
+    ffn_output=("fc2",),
+    ffn_block=("fc2",),
+    ffn_input_from={"fc2": "final_layer_norm"},
+    sites={
+        "self_attn.out_proj": _pre_ln("self_attn_layer_norm"),
+        "encoder_attn.out_proj": _pre_ln("encoder_attn_layer_norm"),
+        "fc2": _pre_ln("final_layer_norm"),
+    },
+)
 _T5_LIKE = AdapterPositions(
     attention_output=("SelfAttention.o", "EncDecAttention.o"),
     ffn_output=("DenseReluDense.wo",),
@@ -161,7 +173,7 @@ ADAPTER_POSITIONS: dict[str, AdapterPositions] = {
     "t5": _T5_LIKE,
     "mt5": _T5_LIKE,
     "bart": _BART_LIKE,
-    "mbart": _BART_LIKE,
+    "mbart": _MBART,
     "vit": AdapterPositions(
         attention_output=("attention.o_proj",),
         ffn_output=("mlp.fc2",),
