@@ -124,6 +124,21 @@ def test_deleting_and_unloading_remove_the_hooks():
         assert torch.equal(unloaded.eval()(**inputs).logits, reference)
 
 
+def test_a_deep_copy_routes_through_its_own_couplings():
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_model("gpt2"), inv(task_type="CAUSAL_LM")).eval()
+    randomize_invertible(model)
+    copied = copy.deepcopy(model)
+    inputs = tiny_inputs("gpt2")
+    with torch.no_grad():
+        before = copied(**inputs).logits
+        for parameter in model.base_model._invertible().parameters():
+            parameter.add_(1.0)  # the original changes; the copy must not follow
+        assert torch.equal(copied(**inputs).logits, before)
+    copied.delete_adapter("default")
+    assert any(m._forward_pre_hooks for m in model.modules())  # the original keeps its hooks
+
+
 def test_invertible_settings_are_checked():
     with pytest.raises(ValueError, match="`inv_adapter` must be one of"):
         pb.BottleneckConfig(inv_adapter="realnvp", inv_adapter_reduction_factor=2)

@@ -45,9 +45,25 @@ class InvertibleAdapters(nn.ModuleDict):
     layout of AdapterHub's ``invertible_adapters.<adapter>.<subnet>.{0,2}`` (and the shape PEFT's saving expects: the
     adapter name right after the module carrying the tuner prefix)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tuner=None) -> None:
         super().__init__()
         self.settings: dict[str, tuple[str, str]] = {}  # adapter -> (kind, non-linearity)
+        self.__dict__["tuner"] = tuner  # not a submodule; a deep copy of the model maps it to the copy's tuner
+
+    # the hooks are bound methods, so a deep copy of the model rebinds them to the copy's container
+    def on_embeddings(self, module, args, kwargs):
+        where, value = hidden_argument(args, kwargs)
+        if where is None:
+            return None
+        coupled = self.routed(value, self.tuner.routing_state, self.tuner.active_adapters, reverse=False)
+        if where[0] == "arg":
+            return (*args[:where[1]], coupled, *args[where[1] + 1:]), kwargs
+        return args, {**kwargs, where[1]: coupled}
+
+    def before_head(self, module, args):
+        if not args or not torch.is_tensor(args[0]):
+            return None
+        return (self.routed(args[0], self.tuner.routing_state, self.tuner.active_adapters, reverse=True), *args[1:])
 
     @property
     def blocks(self) -> nn.ModuleDict:

@@ -341,36 +341,20 @@ class AdapterTuner(BaseTuner):
         holder[adapter_name].to(next(self.model.parameters()).device)
 
     def _attach_invertible(self):
-        from .invertible import InvertibleAdapters, hidden_argument
+        from .invertible import InvertibleAdapters
 
         found = self.discovered()
         if isinstance(found, DiscoveryError):
             raise ValueError(f"`inv_adapter` needs the model's embedding output (the input of its first block): "
                              f"{found}") from None
         first_key = f"{found.chosen_towers(None)[0].path}.0"  # the text tower (an encoder-decoder's encoder)
-        holder = InvertibleAdapters()
+        holder = InvertibleAdapters(self)
         self.add_module(self.prefix + "invertible", holder)
-        state = self.routing_state
 
-        def on_embeddings(module, args, kwargs):
-            where, value = hidden_argument(args, kwargs)
-            if where is None:
-                return None
-            coupled = holder.routed(value, state, self.active_adapters, reverse=False)
-            if where[0] == "arg":
-                return (*args[:where[1]], coupled, *args[where[1] + 1:]), kwargs
-            return args, {**kwargs, where[1]: coupled}
-
-        def before_head(module, args):
-            if not args or not torch.is_tensor(args[0]):
-                return None
-            return (holder.routed(args[0], state, self.active_adapters, reverse=True), *args[1:])
-
-        handles = [self.model.get_submodule(first_key).register_forward_pre_hook(on_embeddings, with_kwargs=True)]
+        self.model.get_submodule(first_key).register_forward_pre_hook(holder.on_embeddings, with_kwargs=True)
         head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
         if isinstance(head, nn.Module):
-            handles.append(head.register_forward_pre_hook(before_head))
-        self.__dict__["_inv_handles"] = handles
+            head.register_forward_pre_hook(holder.before_head)
         self.__dict__["_inv_first_block"] = first_key
         return holder
 
@@ -380,8 +364,13 @@ class AdapterTuner(BaseTuner):
             return
         holder.remove(adapter_name)
         if not holder.settings:
-            for handle in self.__dict__.pop("_inv_handles", []):
-                handle.remove()
+            # found by what they call, not by handles: a deep copy of the model keeps its own hooks bound to its own
+            # container, and handles would point at the original's
+            for module in self.model.modules():
+                for key, hook in list(module._forward_pre_hooks.items()):
+                    if getattr(hook, "__self__", None) is holder:
+                        del module._forward_pre_hooks[key]
+                        module._forward_pre_hooks_with_kwargs.pop(key, None)
             del self._modules[self.prefix + "invertible"]
 
     # -- adding adapters: transactional, and flat in the number held ------------------------------------------
