@@ -19,14 +19,19 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                             "or a Hub repo id")
     adapterhub.add_argument("dst", help="output folder")
     adapterhub.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of SRC")
-    adapterhub.add_argument("--include-head", action="store_true",
-                            help="also copy AdapterHub's prediction head (head_config.json, adapterhub_head.safetensors)")
+    adapterhub.add_argument("--base-model", default=None,
+                            help="the base model's Hub id or folder, written as base_model_name_or_path (default: "
+                            "AdapterHub's model_name)")
+    adapterhub.add_argument("--no-head", action="store_true",
+                            help="leave AdapterHub's prediction head out (by default a transformers head class's "
+                            "own head is carried over as a modules_to_save head)")
     return parser
 
 
 def run(args) -> int:
     try:
-        report = convert(args.src, args.dst, revision=args.revision, include_head=args.include_head)
+        report = convert(args.src, args.dst, revision=args.revision, include_head=not args.no_head,
+                         base_model=args.base_model)
     except (ConversionError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

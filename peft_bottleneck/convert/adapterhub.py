@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..activations import ALLOWED_NON_LINEARITIES
+from ..files import atomic_write
 from ..target_modules import ADAPTER_POSITIONS
 from ..tuners import BottleneckConfig, CompacterConfig, ParallelAdapterConfig
 
@@ -72,15 +73,18 @@ class ConversionReport:
     config: object = None
     targets: list[str] = field(default_factory=list)
     head: Optional[dict] = None  # AdapterHub's head config, when the folder has one
-    head_included: bool = False
+    head_included: bool = False  # carried over as a modules_to_save head
+    head_modules: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"{self.source}: AdapterHub adapter {self.adapter_name!r} ({self.model_type}) -> "
                  f"{type(self.config).__name__}, {len(self.targets)} adapted modules"]
         if self.head is not None:
-            state = "included" if self.head_included else "left out (pass include_head / --include-head)"
-            lines.append(f"prediction head {self.head.get('name')!r} ({self.head.get('model_class')}): {state}")
+            state = (f"included as modules_to_save {self.head_modules}" if self.head_included else "left out")
+            lines.append(f"prediction head ({self.head.get('model_class')}): {state}")
+        base = getattr(self.config, "base_model_name_or_path", None)
+        lines.append(f"base model: {base!r}, task type: {getattr(self.config, 'task_type', None)!r}")
         lines += self.notes
         return "\n".join(lines)
 
@@ -279,9 +283,15 @@ def prefix_of(config) -> str:
             "COMPACTER": "compacter_"}[config.peft_type.value]
 
 
-def convert(source: str, destination: str, *, revision: Optional[str] = None, include_head: bool = False,
-            base_model_prefix_map: Optional[dict] = None) -> ConversionReport:
-    """Convert an AdapterHub adapter (folder or Hub repo) into a PEFT adapter folder at ``destination``."""
+def convert(source: str, destination: str, *, revision: Optional[str] = None, include_head: bool = True,
+            base_model: Optional[str] = None, base_model_prefix_map: Optional[dict] = None,
+            head_modules_available=None) -> ConversionReport:
+    """Convert an AdapterHub adapter (folder or Hub repo) into a PEFT adapter folder at ``destination``.
+
+    The folder's ``adapter_config.json`` names the base model (``base_model``, else AdapterHub's ``model_name``)
+    and the task type of AdapterHub's saved head; a static head (a transformers class's own, e.g.
+    ``BertForSequenceClassification.classifier``) is carried over as a ``modules_to_save`` head unless
+    ``include_head=False``, so ``AutoPeftModelFor*`` loads the folder with it. What is not carried is reported."""
     folder = resolve(source, revision)
     saved = read_config(folder)
     weights, weight_file = read_weights(folder)
@@ -302,20 +312,69 @@ def convert(source: str, destination: str, *, revision: Optional[str] = None, in
     if saved["config"].get("stochastic_depth"):
         report.notes.append("stochastic_depth (DropPath, training only) is not applied when training here; the "
                             "converted adapter's outputs are exact.")
+    config.base_model_name_or_path = base_model or saved.get("model_name") or None
+    if config.base_model_name_or_path is None:
+        report.notes.append("the AdapterHub config names no base model: pass base_model= / --base-model so that "
+                            "AutoPeftModelFor* can load the folder")
     head_file = folder / HEAD_CONFIG_NAME
     if head_file.exists():
         report.head = json.loads(head_file.read_text())
+        config.task_type = task_type_of(report.head)
+        if include_head:
+            state.update(_carry_head(folder, report, config, head_modules_available))
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(destination)
     _write_atomically(destination / "adapter_model.safetensors", state)
-    if include_head and report.head is not None:
-        head, _ = read_weights(folder, HEAD_WEIGHT_NAMES)
-        _write_atomically(destination / "adapterhub_head.safetensors", {k: v.contiguous() for k, v in head.items()})
-        (destination / HEAD_CONFIG_NAME).write_text(json.dumps(report.head, indent=2))
-        report.head_included = True
     report.notes.append(f"read {weight_file}; wrote {destination}")
     return report
+
+
+# the transformers head class's suffix -> PEFT's task type
+_TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForTokenClassification": "TOKEN_CLS",
+               "ForQuestionAnswering": "QUESTION_ANS", "ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM",
+               "ForConditionalGeneration": "SEQ_2_SEQ_LM", "ForSeq2SeqLM": "SEQ_2_SEQ_LM"}
+# AdapterHub flex-head types -> PEFT's task type (the head itself has no transformers counterpart)
+_FLEX_TASK_TYPES = {"classification": "SEQ_CLS", "multilabel_classification": "SEQ_CLS", "tagging": "TOKEN_CLS",
+                    "question_answering": "QUESTION_ANS", "causal_lm": "CAUSAL_LM", "seq2seq_lm": "SEQ_2_SEQ_LM"}
+
+
+def task_type_of(head: dict) -> Optional[str]:
+    """PEFT's task type for AdapterHub's saved head: from a static head's transformers class name, or a flex
+    head's type."""
+    model_class = str(head.get("model_class") or "")
+    for suffix, task_type in _TASK_TYPES.items():
+        if model_class.endswith(suffix):
+            return task_type
+    return _FLEX_TASK_TYPES.get(str((head.get("config") or {}).get("head_type")))
+
+
+def _carry_head(folder: Path, report: ConversionReport, config, available) -> dict:
+    """The head's tensors under PEFT's keys for a ``modules_to_save`` head, when the head is a transformers class's
+    own (AdapterHub's static heads, saved with their module names); else nothing, and the report says why."""
+    model_class = str(report.head.get("model_class") or "")
+    if model_class.endswith("AdapterModel"):
+        head_type = (report.head.get("config") or {}).get("head_type")
+        report.notes.append(f"AdapterHub flex head {head_type!r} of {model_class} left out: its layers have no "
+                            "transformers head class to load into here; train a new head (task_type "
+                            f"{config.task_type!r} is set)")
+        return {}
+    if config.task_type == "CAUSAL_LM" or model_class.endswith(("ForMaskedLM", "ForPreTraining")):
+        report.notes.append(f"the LM head of {model_class} is the base model's own output embedding; not carried")
+        return {}
+    try:
+        tensors, _ = read_weights(folder, HEAD_WEIGHT_NAMES)
+    except ConversionError:
+        report.notes.append("head_config.json has no head weights beside it; head left out")
+        return {}
+    modules = sorted({key.split(".")[0] for key in tensors})
+    missing = [m for m in modules if available is not None and m not in available]
+    if missing:
+        report.notes.append(f"head modules {missing} of {model_class} are not in the base model given; head left out")
+        return {}
+    config.modules_to_save = modules
+    report.head_included, report.head_modules = True, modules
+    return {f"base_model.model.{key}": value.contiguous() for key, value in tensors.items()}
 
 
 def _reprefix(module: str, mapping: dict) -> str:
@@ -337,14 +396,7 @@ def _reprefix_key(key: str, mapping: dict) -> str:
 
 
 def _write_atomically(path: Path, tensors: dict) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    atomic_write(path, lambda temporary: save_file({k: v.contiguous() for k, v in tensors.items()}, temporary))
 
 
 def from_adapterhub(source: str, base_model, *, adapter_name: str = "default", revision: Optional[str] = None,
@@ -357,10 +409,12 @@ def from_adapterhub(source: str, base_model, *, adapter_name: str = "default", r
     from peft import PeftModel
 
     with tempfile.TemporaryDirectory() as scratch:
-        report = convert(source, scratch, revision=revision)
+        available = {name.split(".")[0] for name, _ in base_model.named_modules() if name}
+        report = convert(source, scratch, revision=revision, head_modules_available=available)
         mapping = _prefix_map(report.targets, base_model)
         if mapping:
-            report = convert(source, scratch, revision=revision, base_model_prefix_map=mapping)
+            report = convert(source, scratch, revision=revision, base_model_prefix_map=mapping,
+                             head_modules_available=available)
         model = PeftModel.from_pretrained(base_model, scratch, adapter_name=adapter_name, is_trainable=is_trainable)
     model.conversion_report = report
     return model
