@@ -263,6 +263,10 @@ def _save_pretrained(original):
         staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target))
         try:
             original(self, str(staging), *args, **kwargs)
+            if (staging / "README.md").exists():  # PEFT's template card (only the main process writes one)
+                from .model_card import write_model_card
+
+                write_model_card(staging, self)
             commit_files(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
