@@ -1,6 +1,7 @@
 """The `peft-bottleneck` command: one subcommand per job of the package.
 
-    peft-bottleneck finetune [...]           the main job (python -m peft_bottleneck.finetune)
+    peft-bottleneck train [...]              your model and data (peft-bottleneck train --help)
+    peft-bottleneck finetune [...]           the bundled demo (python -m peft_bottleneck.finetune)
     peft-bottleneck convert adapterhub SRC DST   an AdapterHub adapter to a PEFT one
 """
 
@@ -14,12 +15,17 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="peft-bottleneck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,convert}")
-    commands.add_parser("finetune", help="fine-tune a bundled (or your) encoder with an adapter", add_help=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,finetune,convert}")
+    commands.add_parser("train", help="fine-tune your model with an adapter on your data", add_help=False)
+    commands.add_parser("finetune", help="the bundled demo: MiniLM + an adapter on bundled data", add_help=False)
     commands.add_parser("convert", help="convert another library's adapter", add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         parser.parse_args(argv or ["--help"])
     command, rest = argv[0], argv[1:]
+    if command == "train":
+        from . import train
+
+        return train.main(rest)
     if command == "finetune":
         from . import finetune
 

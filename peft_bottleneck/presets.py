@@ -50,13 +50,22 @@ def get_config(name: str, **overrides):
     ``parallel``, ``scaled_parallel``, ``pfeiffer+inv``, ``houlsby+inv``), with AdapterHub's exact settings.
     ``overrides``: AdapterHub field names (``reduction_factor``, ``non_linearity``, ``dropout``, ...) or ours
     (``task_type``, ``target_modules``, ``bottleneck_size``, ...)."""
-    settings = preset_settings(name)
+    return from_adapterhub_settings(preset_settings(name), _label=f"get_config({name!r})", **overrides)
+
+
+def from_adapterhub_settings(settings: dict, *, _label: str = "AdapterHub settings", **overrides):
+    """Our config for AdapterHub ``BnConfig`` fields (``settings``: any subset; the rest are ``BnConfig``'s
+    defaults), with ``overrides`` as in ``get_config``."""
+    unknown = sorted(set(settings) - set(_BN_DEFAULTS) - {"architecture", "init_weights_seed", "stochastic_depth"})
+    if unknown:
+        raise ValueError(f"{_label}: not AdapterHub BnConfig fields: {unknown}; known: {sorted(_BN_DEFAULTS)}")
+    settings = {**_BN_DEFAULTS, **settings}
     ours = {k: v for k, v in overrides.items() if k not in settings}
     settings.update({k: v for k, v in overrides.items() if k in settings})
     try:
         config_cls, arguments = config_arguments(settings, None)
     except ConversionError as error:
-        raise ValueError(f"get_config({name!r}): {error}") from None
+        raise ValueError(f"{_label}: {error}") from None
     if arguments.get("original_ln_before") and arguments.get("placement") == "pfeiffer":
         # AdapterHub's seq_bn reads the block's LayerNorm; left to the placement's preset, it applies wherever the
         # model's residual and LayerNorm are known (everywhere AdapterHub runs) and is off where they are not
@@ -66,4 +75,4 @@ def get_config(name: str, **overrides):
     return config_cls(**{**arguments, **ours})
 
 
-__all__ = ["DEPRECATED", "PRESETS", "PRESET_NAMES", "get_config", "preset_settings"]
+__all__ = ["DEPRECATED", "PRESETS", "PRESET_NAMES", "from_adapterhub_settings", "get_config", "preset_settings"]
