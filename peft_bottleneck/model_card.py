@@ -49,18 +49,23 @@ def base_model_name(name_or_path: Optional[str]) -> tuple[Optional[str], Optiona
 
 
 def settings_of(config) -> dict:
-    """The config's fields that differ from their defaults (what makes this adapter what it is)."""
+    """The config's fields that differ from a default config of its class (what makes this adapter what it is)."""
+    try:
+        reference = type(config)()
+    except (TypeError, ValueError):  # a class without defaults for every field (the controller's tasks)
+        reference = None
     changed = {}
     for spec in dataclasses.fields(config):
         if spec.name in _BOOKKEEPING or spec.name.startswith("_"):
             continue
-        default = (spec.default if spec.default is not dataclasses.MISSING
-                   else spec.default_factory() if spec.default_factory is not dataclasses.MISSING else None)
+        if reference is not None:
+            default = getattr(reference, spec.name, None)
+        else:
+            default = (spec.default if spec.default is not dataclasses.MISSING
+                       else spec.default_factory() if spec.default_factory is not dataclasses.MISSING else None)
         value = getattr(config, spec.name, None)
-        if isinstance(value, set):
-            value = sorted(value)
         if value != default:
-            changed[spec.name] = value
+            changed[spec.name] = sorted(value) if isinstance(value, set) else value
     return changed
 
 
