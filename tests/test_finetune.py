@@ -95,3 +95,21 @@ def test_console_script_has_a_subcommand_per_job():
     with pytest.raises(SystemExit) as done:
         command(["nope"])
     assert done.value.code == 2
+
+
+def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    from peft_bottleneck.compression.report import write_report
+    from peft_bottleneck.finetune import RunResult, plot
+
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        run = RunResult("houlsby", 0.8, 0.8, 10, 1000, 1.0, 1e-3, [{"step": 1, "loss": 0.7}, {"step": 2, "eval_accuracy": 0.6}])
+        plot([run], tmp_path / "results.png")
+        write_report({"scores": {"a": [0.1, 0.3]}, "stack": "layers", "layers": 2}, str(tmp_path))
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "results.png").stat().st_size > 1000 and (tmp_path / "layer_importance.png").exists()
+    finally:
+        matplotlib.use(previous)

@@ -11,12 +11,10 @@ def write_report(result: dict, output_dir: str) -> None:
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "layer_importance.json"), "w") as f:
         json.dump(result, f, indent=2)
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures are left alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for method, values in result["scores"].items():
         low, high = min(values), max(values)
         scaled = [(v - low) / (high - low) if high > low else 0.5 for v in values]
@@ -28,6 +26,5 @@ def write_report(result: dict, output_dir: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(output_dir, "layer_importance.png"), dpi=120)
-    plt.close(fig)
 
 
