@@ -263,12 +263,18 @@ def label_names(splits, column: str) -> list:
 def tokenize(splits, data: DataArguments, tokenizer, classes: Optional[list]):
     task = data.task
 
-    def classification(batch):
+    index = {str(c): i for i, c in enumerate(classes or [])}
+
+    def class_id(value, already_ids: bool) -> int:
+        if already_ids:  # a datasets ClassLabel column holds ids already
+            return int(value)
+        return index[str(int(value) if isinstance(value, float) else value)]
+
+    def classification(batch, already_ids=False):
         pairs = batch[data.text_pair_column] if data.text_pair_column else None
         encoded = tokenizer(batch[data.text_column], pairs, truncation=True, max_length=data.max_seq_length)
         if data.label_column in batch:
-            index = {str(c): i for i, c in enumerate(classes)}
-            encoded["labels"] = [index[str(int(v) if isinstance(v, float) else v)] for v in batch[data.label_column]]
+            encoded["labels"] = [class_id(v, already_ids) for v in batch[data.label_column]]
         return encoded
 
     def language_model(batch):
@@ -291,8 +297,14 @@ def tokenize(splits, data: DataArguments, tokenizer, classes: Optional[list]):
 
     function = {"sequence-classification": classification, "causal-lm": language_model,
                 "seq2seq": sequence_to_sequence}[task]
-    return splits.map(function, batched=True, remove_columns=next(iter(splits.values())).column_names,
-                      desc="Tokenizing")
+    import datasets
+
+    encoded = datasets.DatasetDict()
+    for name, split in splits.items():  # each split its own columns (a test file may have no labels)
+        ids = isinstance(split.features.get(data.label_column), datasets.ClassLabel)
+        encoded[name] = split.map(function, batched=True, remove_columns=split.column_names, desc="Tokenizing",
+                                  fn_kwargs={"already_ids": ids} if task == "sequence-classification" else None)
+    return encoded
 
 
 # ---- model ----
@@ -413,6 +425,9 @@ def run(argv: list[str]) -> dict:
         results.update(outcome.metrics)
     for split, prefix, wanted in (("validation", "eval", training_args.do_eval), ("test", "test",
                                                                                  training_args.do_predict)):
+        if wanted and split == "test" and split in encoded and "labels" not in encoded[split].column_names \
+                and classes is not None:
+            write_predictions(trainer, encoded[split], splits[split], data, classes, training_args.output_dir)
         if wanted and split in encoded and "labels" in encoded[split].column_names:
             metrics = trainer.evaluate(encoded[split], metric_key_prefix=prefix)
             if data.task != "sequence-classification":
@@ -432,6 +447,19 @@ def run(argv: list[str]) -> dict:
                 command=f"{PROG} {shlex.join(portable(argv))}", labels=[str(c) for c in classes] if classes else None)
             write_model_card(output, model, record)
     return results
+
+
+def write_predictions(trainer, encoded, raw, data: DataArguments, classes: list, output_dir) -> None:
+    """Unlabelled test data: ``predictions.csv`` with each row's text and predicted label."""
+    import numpy as np
+
+    logits = trainer.predict(encoded).predictions
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    predicted = [str(classes[i]) for i in np.argmax(logits, axis=-1)]
+    if trainer.is_world_process_zero():
+        raw.add_column("prediction", predicted).select_columns(
+            [c for c in (data.text_column, data.text_pair_column, "prediction") if c]).to_csv(
+            str(Path(output_dir) / "predictions.csv"), index=False)
 
 
 CARD_METRICS = ("_loss", "_accuracy", "_macro_f1", "_perplexity", "_runtime", "epoch")

@@ -257,3 +257,29 @@ def test_no_output_dir_and_the_console_script(tmp_path):
     helped = subprocess.run([sys.executable, "-m", "peft_bottleneck.cli", "train", "--help"], capture_output=True,
                             text=True)
     assert helped.returncode == 0 and "--gradient_accumulation_steps" in helped.stdout and "--label_column" in helped.stdout
+
+
+def test_class_label_columns_keep_their_ids_and_names():
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    split = datasets.Dataset.from_dict({"text": ["the film", "good plot"], "label": [1, 0]}, features=features)
+    splits = datasets.DatasetDict({"train": split})
+    classes = train.label_names(splits, "label")
+    assert classes == ["neg", "pos"]
+    encoded = train.tokenize(splits, train.DataArguments(), tokenizer(), classes)["train"]
+    assert encoded["labels"] == [1, 0]
+
+
+def test_unlabelled_test_data_gets_predictions(models, tmp_path):
+    data = write_rows(tmp_path / "d.csv", [{"text": sentence(i % 2, i), "label": ["neg", "pos"][i % 2]}
+                                           for i in range(16)])
+    test = write_rows(tmp_path / "test.csv", [{"text": sentence(i, i)} for i in range(5)])
+    assert run(["--model_name_or_path", models / "bert", "--train_file", data, "--test_file", test,
+                *common(tmp_path, steps=1)]) == 0
+    import pandas
+
+    predictions = pandas.read_csv(tmp_path / "out" / "predictions.csv")
+    assert list(predictions.columns) == ["text", "prediction"] and len(predictions) == 5
+    assert set(predictions["prediction"]) <= {"neg", "pos"}
