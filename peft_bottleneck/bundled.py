@@ -134,6 +134,7 @@ def csv_splits(path: str | Path, seed: int = SPLIT_SEED) -> DatasetDict:
     missing = {"text", "label"} - set(frame.columns)
     if missing:
         raise ValueError(f"{path} needs the columns 'text' and 'label'; missing {sorted(missing)}.")
-    if not pd.api.types.is_integer_dtype(frame["label"]):
-        frame["label"] = frame["label"].astype("category").cat.codes.astype("int64")
-    return split_frame(frame[["text", "label"]].dropna(), seed=seed)
+    frame = frame[["text", "label"]].dropna()
+    # class ids 0..n-1 in sorted label order: strings, or integers that need not start at 0 (stars 1..5)
+    frame["label"] = frame["label"].astype("category").cat.codes.astype("int64")
+    return split_frame(frame, seed=seed)

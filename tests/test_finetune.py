@@ -113,3 +113,23 @@ def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
         assert (tmp_path / "results.png").stat().st_size > 1000 and (tmp_path / "layer_importance.png").exists()
     finally:
         matplotlib.use(previous)
+
+
+def test_a_users_csv_is_used_whole_and_the_demo_says_what_it_cuts(tmp_path, capsys):
+    import argparse
+
+    from transformers import AutoTokenizer
+
+    from peft_bottleneck.bundled import minilm_path
+    from peft_bottleneck.finetune import DEMO_TRAIN_SAMPLES, build_parser, load_data
+
+    rows = "\n".join(f"review number {i},{i % 5 + 1}" for i in range(DEMO_TRAIN_SAMPLES + 3000))
+    (tmp_path / "mine.csv").write_text("text,label\n" + rows + "\n")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    args = build_parser().parse_args(["--data-csv", str(tmp_path / "mine.csv")])
+    data, num_labels = load_data(args, tokenizer)
+    assert len(data["train"]) + len(data["validation"]) + len(data["test"]) == DEMO_TRAIN_SAMPLES + 3000
+    assert num_labels == 5
+    bundled, _ = load_data(build_parser().parse_args([]), tokenizer)
+    assert len(bundled["train"]) == DEMO_TRAIN_SAMPLES
+    assert f"training on the first {DEMO_TRAIN_SAMPLES:,} of" in capsys.readouterr().out
