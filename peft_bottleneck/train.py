@@ -418,6 +418,8 @@ def run(argv: list[str]) -> dict:
         resume = training_args.resume_from_checkpoint
         if resume is None and Path(training_args.output_dir).is_dir():
             resume = last_complete_checkpoint(training_args.output_dir)  # a killed run picks up where it was
+            if resume is not None:
+                print(f"resuming from {resume} (a new --output_dir starts over)")
         outcome = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
         trainer.log_metrics("train", outcome.metrics)
