@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never 
 PROG = "python -m peft_bottleneck.finetune"
 ADAPTERS = ("houlsby", "pfeiffer", "parallel", "compacter", "compacter++", "low-rank")
 DATASETS = ("sentiment", "topic")
-DEMO_TRAIN_SAMPLES = 2000  # the bundled demo's budget: about 5 minutes on 2 CPU cores
+DEMO_TRAIN_SAMPLES = 4000  # the bundled demo's budget (2,000 measured 6 min 32 s against 7 min 54 s, 0.79 against 0.82)
 
 
 @dataclass
