@@ -22,7 +22,8 @@ def push_adapter_to_hub(model, repo_id: str, *, revision: Optional[str] = None, 
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
-        write_model_card(Path(folder), model, training)
+        model.save_pretrained(folder)  # writes the card; a training record rewrites it with the run's details
+        if training is not None:
+            write_model_card(Path(folder), model, training)
         return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
                                  commit_message=commit_message, create_pr=create_pr)

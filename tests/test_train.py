@@ -71,9 +71,8 @@ def write_rows(path: Path, rows: list[dict]):
     return path
 
 
-def run(argv, capsys=None):
-    code = train.main([str(a) for a in argv])
-    return code
+def run(argv):
+    return train.main([str(a) for a in argv])
 
 
 def common(tmp_path, steps=4):
