@@ -133,3 +133,91 @@ def test_a_users_csv_is_used_whole_and_the_demo_says_what_it_cuts(tmp_path, caps
     bundled, _ = load_data(build_parser().parse_args([]), tokenizer)
     assert len(bundled["train"]) == DEMO_TRAIN_SAMPLES
     assert f"training on the first {DEMO_TRAIN_SAMPLES:,} of" in capsys.readouterr().out
+
+
+def tiny_classifier(kind: str, vocab_size: int):
+    from transformers import (BertConfig, BertForSequenceClassification, RobertaConfig,
+                              RobertaForSequenceClassification)
+
+    sizes = dict(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=32, num_labels=3, max_position_embeddings=80)
+    if kind == "bert":
+        return BertForSequenceClassification(BertConfig(**sizes))
+    return RobertaForSequenceClassification(RobertaConfig(**sizes, pad_token_id=0))
+
+
+@needs_bundles
+def test_the_baselines_features_are_each_sentences_own_in_the_datasets_order():
+    """The head-only baseline runs the encoder once, batched by length: every row must get its own sentence's
+    classifier input back, in the data set's order, as if the sentence ran alone."""
+    import datasets
+    import torch
+    from transformers import AutoTokenizer
+
+    from peft_bottleneck.bundled import minilm_path
+    from peft_bottleneck.finetune import classifier_inputs
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    model = tiny_classifier("bert", tokenizer.vocab_size).eval()
+    texts = [" ".join(["word"] * (n * 7 % 23 + 1)) + f" {n}" for n in range(70)]  # lengths out of order
+    rows = datasets.Dataset.from_dict({"text": texts, "label": [n % 3 for n in range(70)]})
+    rows = rows.map(lambda batch: tokenizer(batch["text"]), batched=True, remove_columns=["text"])
+    inputs = classifier_inputs(model, rows, tokenizer, batch_size=8)
+    assert inputs.shape == (70, 16)
+    with torch.inference_mode():
+        for n in (0, 1, 13, 69):
+            alone = model.bert(**tokenizer(texts[n], return_tensors="pt")).pooler_output[0]
+            torch.testing.assert_close(torch.from_numpy(inputs[n]), alone, atol=1e-5, rtol=1e-5)
+
+
+@needs_bundles
+def test_a_head_that_reads_the_whole_sequence_trains_through_the_encoder(tmp_path, monkeypatch):
+    """RoBERTa's head takes every position: no features to cache, so the baseline trains the classic way."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    from peft_bottleneck import finetune
+    from peft_bottleneck.bundled import minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    rows = datasets.Dataset.from_dict({"text": ["a b c", "d e", "f g h i"] * 4, "label": [0, 1, 2] * 4})
+    rows = rows.map(lambda batch: tokenizer(batch["text"]), batched=True, remove_columns=["text"])
+    assert finetune.classifier_inputs(tiny_classifier("roberta", tokenizer.vocab_size), rows, tokenizer) is None
+
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained",
+                        lambda path, num_labels: tiny_classifier("roberta", tokenizer.vocab_size))
+    args = finetune.build_parser().parse_args(["--epochs", "1", "--batch-size", "4"])
+    data = datasets.DatasetDict(train=rows, validation=rows, test=rows)
+    model, _, result = finetune.train_head_only("unused", 3, args, data, tokenizer, 1e-2, tmp_path)
+    assert result.name == "head-only" and result.history and 0 <= result.accuracy <= 1
+    assert result.trainable == sum(p.numel() for p in model.classifier.parameters())
+
+
+@needs_bundles
+def test_the_kept_baseline_is_the_trained_head_on_the_frozen_encoder(tmp_path):
+    """--keep-baseline saves the model the baseline's accuracy was measured on: the frozen encoder and the trained head."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    from peft_bottleneck.bundled import minilm_path
+    from peft_bottleneck.finetune import build_parser, load_data
+
+    argv = ["--output-dir", str(tmp_path), "--max-train-samples", "64", "--max-eval-samples", "48", "--epochs", "1",
+            "--batch-size", "16", "--keep-baseline"]
+    main(argv)
+    reported = json.loads((tmp_path / "results.json").read_text())["runs"][1]
+    kept = AutoModelForSequenceClassification.from_pretrained(tmp_path / "head-only").eval()
+    fresh = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    frozen = {name: weight for name, weight in fresh.state_dict().items() if not name.startswith("classifier")}
+    assert all(kept.state_dict()[name].equal(weight) for name, weight in frozen.items())
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    test = load_data(build_parser().parse_args(argv), tokenizer)[0]["test"]
+    with torch.inference_mode():
+        logits = kept(**DataCollatorWithPadding(tokenizer)(test.remove_columns("label").to_list())).logits
+    accuracy = float(np.mean(logits.argmax(-1).numpy() == np.array(test["label"])))
+    assert accuracy == pytest.approx(reported["accuracy"])
