@@ -6,8 +6,8 @@
 For our Houlsby adapters (reduction factor 16) and PEFT LoRA with about the same parameters per adapter (r = 48 on
 query and value), each in its own process: adapters are added one by one up to each L in --loaded; at every L the
 forward of a batch whose examples use D distinct adapters (``adapter_names``, D in --distinct, D <= L) is timed
-(median of interleaved rounds) against the base model's forward in the same rounds, and the resident memory
-(Linux RSS) is taken against the process before any adapter was added. The time of each ``add_adapter`` is kept, so
+(median of interleaved rounds; --repeats such runs) against the base model's forward in the same rounds, and the
+resident memory (Linux RSS) is taken against the process before any adapter was added. The time of each ``add_adapter`` is kept, so
 the cost of the first and of the last additions can be compared.
 """
 
@@ -75,14 +75,18 @@ def run_variant(args) -> dict:
         for distinct in sorted(d for d in args.distinct if d <= loaded):
             names = [f"a{i % distinct}" for i in range(args.batch_size)]
             first = timed_forward(model, batch, names)  # includes refreshing our route table after the adds
-            base_times, adapter_times = [], []
-            for _ in range(args.rounds):
-                base_times.append(timed_forward(base, batch))
-                adapter_times.append(timed_forward(model, batch, names))
+            runs = []
+            for _ in range(args.repeats):  # independent runs, each the median of its interleaved rounds
+                base_times, adapter_times = [], []
+                for _ in range(args.rounds):
+                    base_times.append(timed_forward(base, batch))
+                    adapter_times.append(timed_forward(model, batch, names))
+                runs.append((statistics.median(base_times), statistics.median(adapter_times)))
+            ratios = [adapter / base_s for base_s, adapter in runs]
             rows.append({
                 "loaded": loaded, "distinct": distinct,
-                "base_s": statistics.median(base_times), "adapter_s": statistics.median(adapter_times),
-                "ratio": statistics.median(adapter_times) / statistics.median(base_times),
+                "base_s": statistics.median(b for b, _ in runs), "adapter_s": statistics.median(a for _, a in runs),
+                "ratio": statistics.median(ratios), "ratios": ratios,
                 "first_call_s": first,
                 "rss_mb": _status_kib("VmRSS") / 1024, "rss_base_mb": rss_base,
             })
@@ -103,7 +107,9 @@ def summarize(results: dict) -> str:
                 if row is None:
                     cells.append("-")
                 elif field == "ratio":
-                    cells.append(f"{row['ratio']:.3f}")
+                    ratios = row.get("ratios", [row["ratio"]])
+                    cells.append(f"{row['ratio']:.3f}" if len(ratios) == 1 else
+                                 f"{row['ratio']:.3f} ({min(ratios):.3f}-{max(ratios):.3f}, {len(ratios)} runs)")
                 else:
                     cells.append(f"{row['rss_mb'] / row['rss_base_mb']:.2f}")
         lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
@@ -125,6 +131,9 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="independent runs per (L, D), each the median of --rounds; the table gives their median "
+                        "and range")
     parser.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()))
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--quick", action="store_true")
@@ -141,7 +150,8 @@ def main(argv=None):
     for variant in args.variants:
         command = [sys.executable, os.path.abspath(__file__), "--variant", variant, "--loaded", *map(str, args.loaded),
                    "--distinct", *map(str, args.distinct), "--batch-size", str(args.batch_size), "--length",
-                   str(args.length), "--rounds", str(args.rounds), "--threads", str(args.threads)]
+                   str(args.length), "--rounds", str(args.rounds), "--repeats", str(args.repeats), "--threads",
+                   str(args.threads)]
         if args.quick:
             command.append("--quick")
         done = subprocess.run(command, capture_output=True, text=True, check=False)

@@ -30,8 +30,12 @@ def test_speed_quick(model, probed, tmp_path):
 
 
 def test_routing_scale_and_composition_speed_quick(tmp_path):
-    out = run("routing_scale.py", "--quick", "--variants", "ours", "--output", str(tmp_path / "r.json"), cwd=tmp_path)
-    assert "| 16 | 4 |" in out and json.loads((tmp_path / "r.json").read_text())["results"]["ours"]["add_seconds"]
+    out = run("routing_scale.py", "--quick", "--variants", "ours", "--repeats", "2", "--output", str(tmp_path / "r.json"),
+              cwd=tmp_path)
+    assert "| 16 | 4 |" in out and "2 runs)" in out
+    assert json.loads((tmp_path / "r.json").read_text())["results"]["ours"]["add_seconds"]
+    out = run("segments_vs_gather.py", "--quick", "--output", str(tmp_path / "g.json"), cwd=tmp_path)
+    assert "| 8 |" in out and len(json.loads((tmp_path / "g.json").read_text())["results"]) == 2
     out = run("composition_speed.py", "--quick", "--output", str(tmp_path / "c.json"), cwd=tmp_path)
     assert "| fuse4 |" in out and "Stack of 2 adds" in out
 

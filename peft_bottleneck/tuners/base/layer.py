@@ -388,8 +388,14 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         return columns
 
     def route_columns(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """``columns`` for the inference route table, the scale folded into the up projection
+        (``s * (W z + b) == (s W) z + s b``: one multiply fewer per mixed forward)."""
         with torch.no_grad():
-            return {k: v.detach() for k, v in self.columns(adapter_name).items()}
+            columns = {k: v.detach() for k, v in self.columns(adapter_name).items()}
+            scale = columns.pop("scale")
+            columns["up_weight"] = columns["up_weight"] * scale.unsqueeze(-1).to(columns["up_weight"].dtype)
+            columns["up_bias"] = columns["up_bias"] * scale.to(columns["up_bias"].dtype)
+        return columns
 
     # -- forward ------------------------------------------------------------------------------------------------
 
@@ -483,8 +489,10 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             source = parallel_input if settings.config.is_parallel else result
             wired = self._adapter(result, source, residual, settings, columns, activation, per_example=True,
                                   dropout=0.0)
-            rows = self._example_mask(routing, examples, names, out.dim())
-            out = torch.where(rows, wired, out)
+            if set(names) >= set(routing.adapters):  # every example is this wiring's: nothing to keep from `out`
+                out = wired
+            else:
+                out = torch.where(self._example_mask(routing, examples, names, out.dim()), wired, out)
             if not settings.config.original_ln_after:
                 skipped += names
         if skipped:
@@ -628,7 +636,8 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         z = _linear(z, columns["down_weight"], columns["down_bias"], per_example)
         z = _activate(z, activation)
         z = _linear(z, columns["up_weight"], columns["up_bias"], per_example)
-        z = z * _broadcast(columns["scale"], z, per_example)
+        if "scale" in columns:  # not in a route table's columns: folded into up_weight there
+            z = z * _broadcast(columns["scale"], z, per_example)
         z = F.dropout(z, dropout, self.training)
         if config.use_gating:
             gate = torch.sigmoid(_linear(x, columns["gate_weight"], columns["gate_bias"], per_example))

@@ -143,3 +143,22 @@ def test_adapters_wired_differently_share_a_batch(model_type):
         base = model(**inputs).logits
     changed = [(m - b).abs().max() > 1e-4 for m, b in zip(mixed, base)]
     assert changed == [name != "__base__" for name in names]
+
+
+def test_one_wiring_batches_fold_each_adapters_scale_and_follow_its_changes():
+    """Every example on adapters of one wiring (no row kept from the base), with a fixed scale and a learned
+    per-channel one: the route table folds each scale into its up projection and refolds when the scale changes."""
+    model = get_peft_model(tiny_model("bert"), BottleneckConfig(task_type="SEQ_CLS", init_weights=False, scaling=0.5))
+    model.add_adapter("learned", BottleneckConfig(task_type="SEQ_CLS", init_weights=False, scaling="channel"))
+    model.eval()
+    scales = [p for n, p in model.named_parameters() if "scale" in n and n.endswith(".learned")]
+    assert scales
+    names = ["learned", "default", "learned", "default"]
+    inputs = tiny_inputs("bert", batch=len(names))
+    for _ in range(2):
+        with torch.no_grad():
+            for scale in scales:  # in place, as an optimizer step would
+                scale.mul_(torch.rand_like(scale) + 0.5)
+            mixed = model(**inputs, adapter_names=names).logits
+            alone = each_alone(model, inputs, names, lambda b: model(**b).logits)
+        torch.testing.assert_close(mixed, alone, rtol=1e-5, atol=1e-5)
