@@ -34,6 +34,8 @@ def test_routing_scale_and_composition_speed_quick(tmp_path):
               cwd=tmp_path)
     assert "| 16 | 4 |" in out and "2 runs)" in out
     assert json.loads((tmp_path / "r.json").read_text())["results"]["ours"]["add_seconds"]
+    out = run("before_after.py", "--ref", "HEAD", "--quick", "--pairs", "1", "--rounds", "1", cwd=tmp_path)
+    assert "| houlsby |" in out and "HEAD" in out
     out = run("segments_vs_gather.py", "--quick", "--output", str(tmp_path / "g.json"), cwd=tmp_path)
     assert "| 8 |" in out and len(json.loads((tmp_path / "g.json").read_text())["results"]) == 2
     out = run("composition_speed.py", "--quick", "--output", str(tmp_path / "c.json"), cwd=tmp_path)
