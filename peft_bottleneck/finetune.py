@@ -199,11 +199,13 @@ def head_only_model(model_path, num_labels):
 
 def classifier_inputs(model, dataset, tokenizer, batch_size: int = 32):
     """What reaches `model.classifier` for every row of `dataset`, in order, from one pass in eval mode; None when
-    the classifier does not take one vector per example (e.g. RoBERTa's head reads the whole sequence)."""
+    the model has no `classifier` or it does not take one vector per example (RoBERTa's head reads the sequence)."""
     import numpy as np
     import torch
     from transformers import DataCollatorWithPadding
 
+    if not isinstance(getattr(model, "classifier", None), torch.nn.Module):
+        return None
     rows = dataset.remove_columns("label")
     by_length = np.argsort([len(ids) for ids in rows["input_ids"]], kind="stable")  # little padding per batch
     collate = DataCollatorWithPadding(tokenizer)
