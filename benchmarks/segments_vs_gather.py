@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
 
 from peft_bottleneck.tuners.base.layer import _linear
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import measure_forward  # noqa: E402
 
 
 def gather(x, table, rows):
@@ -74,17 +77,13 @@ def main(argv=None):
     results = []
     for distinct in args.distinct:
         adapters = torch.arange(args.batch_size) % distinct + 1
-        ways = {"gather": (gather, adapters), "segments": (segments, adapters), "one adapter": (one_adapter, None)}
         with torch.inference_mode():
             reference = gather(x, table, adapters)
             torch.testing.assert_close(segments(x, table, adapters), reference, rtol=1e-4, atol=1e-4)
-            times = {name: [] for name in ways}
-            for _ in range(args.rounds):
-                for name, (run, route) in ways.items():
-                    start = time.perf_counter()
-                    run(x, table, route)
-                    times[name].append(time.perf_counter() - start)
-        row = {"distinct": distinct, **{f"{name}_ms": 1000 * statistics.median(t) for name, t in times.items()}}
+        medians = measure_forward({"gather": lambda: gather(x, table, adapters),
+                                   "segments": lambda: segments(x, table, adapters),
+                                   "one adapter": lambda: one_adapter(x, table, None)}, args.rounds)
+        row = {"distinct": distinct, **{f"{name}_ms": 1000 * seconds for name, seconds in medians.items()}}
         results.append(row)
         print(json.dumps(row), flush=True)
     lines = ["| distinct adapters D | gather (ms) | segments (ms) | one adapter (ms) | segments / gather |",
