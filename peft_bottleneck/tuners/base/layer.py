@@ -346,10 +346,13 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
     def tensors_of(self, adapter_name: str, own_only: bool = False) -> dict[str, torch.Tensor]:
         """Every tensor of one adapter in this layer, shared ones included (unless ``own_only``)."""
         tensors = {}
+        # plain dict lookups, not Module.__getattr__: a mixed batch checks every adapter it names in every layer
+        # (a ParameterDict keeps each entry in `_parameters` under its key: pinned in tests/tuners/base/test_layer.py)
+        modules = self._modules
         for container_name in self.adapter_layer_names:
-            container = getattr(self, container_name)
-            if adapter_name in container:
-                tensors[container_name[len(self.prefix):]] = container[adapter_name]
+            tensor = modules[container_name]._parameters.get(adapter_name)
+            if tensor is not None:
+                tensors[container_name[len(self.prefix):]] = tensor
         if not own_only:
             for (tensor, name), owner in self.shared_refs.items():
                 if name == adapter_name:
@@ -596,7 +599,10 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             tasks = routing.task_rows(examples.shape[0], torch.device("cpu"))
             rows = rows + tasks * (routes[examples.cpu()] > 1)
         rows = rows.to(examples.device)
-        return table.gather(rows), table.activation_of(rows)
+        # without gradients nothing keeps the gathered weights past this layer: gather into the call's own memory
+        call = self.routing_state.current
+        scratch = call.scratch if call is not None and not torch.is_grad_enabled() else None
+        return table.gather(rows, scratch), table.activation_of(rows)
 
     # -- the adapter computation (AdapterHub's pre_forward / forward / post_forward) --------------------------
 

@@ -510,7 +510,7 @@ class AdapterTuner(BaseTuner):
         state = self.routing_state
         outer = state.current
         if outer is not None and outer.depth:
-            with state.entered(CallRoute(outer.routing, outer.composition, outer.depth + 1)):
+            with state.entered(CallRoute(outer.routing, outer.composition, outer.depth + 1, outer.scratch)):
                 yield
             return
         if composition is None and outer is not None:

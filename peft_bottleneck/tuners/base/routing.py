@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar, copy_context
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Optional
 
@@ -132,14 +132,34 @@ def task_codes(task, tasks: Sequence[str]) -> torch.Tensor:
     return codes
 
 
+class GatherScratch:
+    """Memory one call's mixed-batch gathers reuse from layer to layer (and from step to step of a ``generate``):
+    on CPU a fresh allocation of this size is page-faulted in anew at every layer, which costs more than the
+    gather itself. Private to its call, as the call's route is; used only without gradients, where nothing keeps
+    a layer's gathered weights once the layer is done."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def take(self, key: str, like: torch.Tensor, rows: int) -> torch.Tensor:
+        """A buffer for ``rows`` rows of a table tensor ``like``: reused while one of its shape is large enough."""
+        slot = (key, tuple(like.shape[1:]), like.dtype, like.device, torch.is_inference_mode_enabled())
+        buffer = self.buffers.get(slot)
+        if buffer is None or buffer.shape[0] < rows:
+            buffer = self.buffers[slot] = like.new_empty((rows, *like.shape[1:]))
+        return buffer[:rows]
+
+
 @dataclass(frozen=True)
 class CallRoute:
-    """The route of one model call in progress: its routing, its own composition (None: the model-wide one) and
-    how deeply calls are nested (PeftModel's hook around the tuner's forward: the outermost decides)."""
+    """The route of one model call in progress: its routing, its own composition (None: the model-wide one), how
+    deeply calls are nested (PeftModel's hook around the tuner's forward: the outermost decides) and the call's
+    gather memory."""
 
     routing: Optional[Routing] = None
     composition: Optional[object] = None
     depth: int = 0
+    scratch: GatherScratch = field(default_factory=GatherScratch, compare=False, repr=False)
 
 
 class RoutingState:
@@ -218,8 +238,12 @@ class _Rows:
         self.kinds: list[str] = []
         self.activation_codes = torch.zeros(0, dtype=torch.long)
 
-    def gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {k: v[rows] for k, v in self.tensors.items()}
+    def gather(self, rows: torch.Tensor, scratch: Optional[GatherScratch] = None) -> dict[str, torch.Tensor]:
+        """Each row's weights: fresh tensors, or views of ``scratch`` (valid until the next gather into it)."""
+        if scratch is None:
+            return {k: v[rows] for k, v in self.tensors.items()}
+        return {k: torch.index_select(v, 0, rows, out=scratch.take(k, v, rows.shape[0]))
+                for k, v in self.tensors.items()}
 
     def activation_of(self, rows: torch.Tensor):
         """One name when every row shares a non-linearity, else (code per example, the names the codes index)."""

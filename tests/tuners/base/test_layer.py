@@ -188,3 +188,21 @@ def test_every_wiring_combination_builds_or_is_refused_by_name():
         model = get_peft_model(tiny_model("bert"), config).eval()
         with torch.no_grad():
             assert torch.isfinite(model(**tiny_inputs("bert")).logits).all()
+
+
+def test_tensors_of_reads_what_the_parameter_dicts_hold():
+    """``tensors_of`` reads ParameterDict entries through ``_parameters`` (a plain dict, for speed): pins that torch
+    keeps every entry there under its own key, and that a replaced entry is what is read."""
+    model = get_peft_model(tiny_model("bert"), BottleneckConfig(task_type="SEQ_CLS", use_gating=True))
+    model.add_adapter("other-name", BottleneckConfig(task_type="SEQ_CLS", ln_after=True))
+    layer = next(m for m in model.modules() if hasattr(m, "tensors_of"))
+    for name in layer.settings:
+        expected = {c[len(layer.prefix):]: getattr(layer, c)[name] for c in layer.adapter_layer_names
+                    if name in getattr(layer, c)}
+        got = layer.tensors_of(name)
+        assert got.keys() == expected.keys() and all(got[k] is expected[k] for k in got)
+    container = getattr(layer, layer.prefix + "down_weight")
+    container["default"] = torch.nn.Parameter(container["default"].detach().clone())
+    assert layer.tensors_of("default")["down_weight"] is container["default"]
+    container["plain"] = torch.zeros(2)  # a plain tensor is stored as a Parameter under its key
+    assert layer.tensors_of("plain")["down_weight"] is container["plain"]

@@ -162,3 +162,59 @@ def test_one_wiring_batches_fold_each_adapters_scale_and_follow_its_changes():
             mixed = model(**inputs, adapter_names=names).logits
             alone = each_alone(model, inputs, names, lambda b: model(**b).logits)
         torch.testing.assert_close(mixed, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_a_call_gathers_into_its_own_memory_reused_from_layer_to_layer():
+    """Without gradients, every layer of a call gathers its examples' weights into the same per-call buffers (one
+    per column and shape, not one per layer); another call has its own."""
+    from peft_bottleneck.tuners.base.layer import AdapterLayer
+
+    model = two_adapter_model("bert", bottleneck_size=3, non_linearity="tanh")
+    layers = [m for m in model.modules() if isinstance(m, AdapterLayer)]
+    seen = []
+    hook = layers[-1].register_forward_hook(lambda m, args, out: seen.append(m.routing_state.current.scratch))
+    names = ["default", "other", "__base__", "other"]
+    inputs = tiny_inputs("bert", batch=len(names))
+    try:
+        with torch.inference_mode():
+            mixed = model(**inputs, adapter_names=names).logits
+            model(**inputs, adapter_names=names)
+    finally:
+        hook.remove()
+    first, second = seen
+    assert first is not second
+    columns = set(layers[-1].route_table.tensors)
+    assert len(layers) > 2 and sorted(slot[0] for slot in first.buffers) == sorted(columns)
+    with torch.no_grad():
+        alone = each_alone(model, inputs, names, lambda b: model(**b).logits)
+    torch.testing.assert_close(mixed, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_input_gradients_through_a_mixed_batch_of_frozen_adapters_match_each_example_alone():
+    """With gradients on (inputs_embeds require grad, adapters frozen), each layer's gathered weights are kept for
+    the backward and never overwritten by the next layer's gather."""
+    model = two_adapter_model("bert", bottleneck_size=3, non_linearity="tanh")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    names = ["other", "default", "__base__", "other"]
+    inputs = tiny_inputs("bert", batch=len(names))
+    embeds = model.get_input_embeddings()(inputs["input_ids"]).detach()
+    mask = inputs["attention_mask"]
+
+    def input_grad(rows, **kwargs):
+        leaf = embeds[rows].clone().requires_grad_(True)
+        model(inputs_embeds=leaf, attention_mask=mask[rows], **kwargs).logits.square().sum().backward()
+        return leaf.grad
+
+    mixed = input_grad(slice(None), adapter_names=names)
+    alone = []
+    for i, name in enumerate(names):
+        if name == "__base__":
+            with model.disable_adapter():
+                alone.append(input_grad(slice(i, i + 1)))
+        else:
+            model.set_adapter(name)
+            for parameter in model.parameters():
+                parameter.requires_grad_(False)
+            alone.append(input_grad(slice(i, i + 1)))
+    torch.testing.assert_close(mixed, torch.cat(alone), rtol=1e-4, atol=1e-6)
