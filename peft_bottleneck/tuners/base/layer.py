@@ -624,6 +624,9 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             adapter_input = h
         if config.residual_before_ln is False:
             residual_after = adapter_input
+        onto = (h if config.is_parallel else residual_after) if per_example and not config.ln_after else None
+        if onto is not None and self._adds_onto(onto, h, columns, config, dropout):
+            return self._bottleneck(adapter_input, columns, activation, per_example, dropout, config, onto=onto)
         delta = self._bottleneck(adapter_input, columns, activation, per_example, dropout, config).to(h.dtype)
         if config.is_parallel:
             return h + (self._norm(delta, columns, "ln_after", per_example) if config.ln_after else delta)
@@ -633,14 +636,24 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             return self._norm(delta, columns, "ln_after", per_example) + residual_after
         return delta + residual_after
 
-    def _bottleneck(self, x, columns: dict, activation, per_example: bool, dropout: float, config) -> torch.Tensor:
+    def _adds_onto(self, onto, h, columns: dict, config, dropout: float) -> bool:
+        """Whether the up projection can accumulate straight onto the residual: nothing (a scale, dropout, a gate, a
+        dtype cast) comes between them."""
+        return (onto.dtype == h.dtype == columns["up_weight"].dtype and "scale" not in columns
+                and not config.use_gating and not (dropout and self.training))
+
+    def _bottleneck(self, x, columns: dict, activation, per_example: bool, dropout: float, config,
+                    onto: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``gate * dropout(s * up(f(down(LN_before(x)))))`` for every example (the columns may hold more than the
-        config uses: a route table has the union of its adapters' tensors)."""
+        config uses: a route table has the union of its adapters' tensors); ``onto + up(...)`` when ``onto`` is
+        given (``_adds_onto``)."""
         dtype = columns["down_weight"].dtype
         x = self._cast_input_dtype(x, dtype)
         z = self._norm(x, columns, "ln_before", per_example) if config.ln_before else x
         z = _linear(z, columns["down_weight"], columns["down_bias"], per_example)
         z = _activate(z, activation)
+        if onto is not None:
+            return _linear_onto(onto, z, columns["up_weight"], columns["up_bias"])
         z = _linear(z, columns["up_weight"], columns["up_bias"], per_example)
         if "scale" in columns:  # not in a route table's columns: folded into up_weight there
             z = z * _broadcast(columns["scale"], z, per_example)
@@ -722,6 +735,14 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     out = torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2)) if bias is not None else torch.bmm(
         flat, weight.transpose(1, 2))
     return out.reshape(*x.shape[:-1], weight.shape[1])
+
+
+def _linear_onto(onto: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``onto + x W^T + b`` with one weight per example, the matmul accumulating into the sum: one pass over the
+    output fewer than adding a finished projection."""
+    out = onto + bias.view(bias.shape[0], *([1] * (onto.dim() - 2)), bias.shape[-1])
+    out.view(x.shape[0], -1, weight.shape[1]).baddbmm_(x.reshape(x.shape[0], -1, x.shape[-1]), weight.transpose(1, 2))
+    return out
 
 
 def _activate(z: torch.Tensor, activation) -> torch.Tensor:
