@@ -468,6 +468,14 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         source = self._cast_input_dtype(source, down_w.dtype)
         hidden = get_activation(settings.non_linearity)(F.linear(source, down_w[0], None if down_b is None else
                                                                  down_b[0]))
+        scaling = float(settings.config.scaling)
+        if h.dtype == hidden.dtype == up_w.dtype and h.is_contiguous() and not (settings.config.adapter_dropout and
+                                                                                self.training):
+            # the up projection accumulates onto a copy of h: one pass over the output fewer than adding it after
+            out = h.clone(memory_format=torch.contiguous_format) if up_b is None else torch.add(h, up_b[0],
+                                                                                                  alpha=scaling)
+            out.view(-1, out.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), up_w[0].t(), alpha=scaling)
+            return out
         delta = F.linear(hidden, up_w[0], None if up_b is None else up_b[0]).to(h.dtype)
         delta = F.dropout(delta, settings.config.adapter_dropout, self.training)
         return torch.add(h, delta, alpha=float(settings.config.scaling))
@@ -653,7 +661,9 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         z = _linear(z, columns["down_weight"], columns["down_bias"], per_example)
         z = _activate(z, activation)
         if onto is not None:
-            return _linear_onto(onto, z, columns["up_weight"], columns["up_bias"])
+            if z.dtype == onto.dtype:
+                return _linear_onto(onto, z, columns["up_weight"], columns["up_bias"])
+            return onto + _linear(z, columns["up_weight"], columns["up_bias"], per_example).to(onto.dtype)
         z = _linear(z, columns["up_weight"], columns["up_bias"], per_example)
         if "scale" in columns:  # not in a route table's columns: folded into up_weight there
             z = z * _broadcast(columns["scale"], z, per_example)
@@ -740,7 +750,7 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
 def _linear_onto(onto: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``onto + x W^T + b`` with one weight per example, the matmul accumulating into the sum: one pass over the
     output fewer than adding a finished projection."""
-    out = onto + bias.view(bias.shape[0], *([1] * (onto.dim() - 2)), bias.shape[-1])
+    out = (onto + bias.view(bias.shape[0], *([1] * (onto.dim() - 2)), bias.shape[-1])).contiguous()
     out.view(x.shape[0], -1, weight.shape[1]).baddbmm_(x.reshape(x.shape[0], -1, x.shape[-1]), weight.transpose(1, 2))
     return out
 

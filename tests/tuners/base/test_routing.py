@@ -218,3 +218,44 @@ def test_input_gradients_through_a_mixed_batch_of_frozen_adapters_match_each_exa
                 parameter.requires_grad_(False)
             alone.append(input_grad(slice(i, i + 1)))
     torch.testing.assert_close(mixed, torch.cat(alone), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("config_cls", [BottleneckConfig, ParallelAdapterConfig])
+def test_fused_up_projection_under_autocast_matches_the_unfused_computation(config_cls):
+    """The up projection accumulates onto the residual (active adapter and mixed batch); under autocast the
+    projections come out in bfloat16 while the residual stays float32, and the sum must still be formed as before
+    (cast, then added), not fail on mixed dtypes."""
+    model = two_adapter_model("bert", config_cls, scaling=0.5)
+    names = ["other", "default", "__base__", "other"]
+    inputs = tiny_inputs("bert", batch=len(names))
+    with torch.no_grad():
+        plain_mixed = model(**inputs, adapter_names=names).logits
+        plain_active = model(**inputs).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cast_mixed = model(**inputs, adapter_names=names).logits
+            cast_active = model(**inputs).logits
+            cast_alone = each_alone(model, inputs, names, lambda b: model(**b).logits)
+    torch.testing.assert_close(cast_mixed.float(), cast_alone.float(), rtol=0, atol=2e-2)
+    torch.testing.assert_close(cast_mixed.float(), plain_mixed, rtol=0, atol=5e-2)
+    torch.testing.assert_close(cast_active.float(), plain_active, rtol=0, atol=5e-2)
+
+
+def test_fused_up_projection_on_a_non_contiguous_module_output():
+    """A wrapped module whose output is a transposed view: the fused sum is still h + s * up(f(down(h)))."""
+    from peft_bottleneck.tuners.base.layer import AdapterLayer
+
+    model = two_adapter_model("bert", scaling=0.5)
+    layer = next(m for m in model.modules() if isinstance(m, AdapterLayer))
+    h = torch.randn(3, 5, layer.out_features).transpose(0, 1)  # (5, 3, d), not contiguous
+    assert not h.is_contiguous()
+    model.set_adapter("other")  # scale 0.5
+    t = {k: v[0] for k, v in layer.tensors_of("other").items()}
+    expected = h + 0.5 * torch.nn.functional.linear(
+        torch.nn.functional.silu(torch.nn.functional.linear(h, t["down_weight"], t["down_bias"])), t["up_weight"],
+        t["up_bias"])
+    with torch.no_grad():
+        active = layer._adapt(h, h, None, None, on_input=False)
+        routing = Routing(("other", "default"), torch.tensor([0, 0, 0, 0, 0]))
+        mixed = layer._adapt(h, h, None, routing, on_input=False)
+    torch.testing.assert_close(active, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mixed, expected, rtol=1e-5, atol=1e-6)
