@@ -63,7 +63,9 @@ def test_the_average_is_a_normal_adapter(tmp_path):
         alone = model(**inputs).logits
         routed = model(**inputs, adapter_names=["avg", "c", "avg"]).logits
         stacked = model(**inputs, composition=Stack("c", "avg")).logits
-    assert torch.equal(routed[0], alone[0]) and not torch.equal(stacked, alone)
+    # a mixed batch's per-example matmuls may round differently in the last bit from the active adapter's one matmul
+    torch.testing.assert_close(routed[0::2], alone[0::2], rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(stacked, alone, rtol=1e-4, atol=1e-4)
     model.save_pretrained(tmp_path)
     loaded = PeftModel.from_pretrained(tiny_model("bert"), tmp_path / "avg", adapter_name="avg").eval()
     with torch.no_grad():
