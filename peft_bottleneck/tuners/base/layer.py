@@ -346,13 +346,14 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
     def tensors_of(self, adapter_name: str, own_only: bool = False) -> dict[str, torch.Tensor]:
         """Every tensor of one adapter in this layer, shared ones included (unless ``own_only``)."""
         tensors = {}
-        # plain dict lookups, not Module.__getattr__: a mixed batch checks every adapter it names in every layer
-        # (a ParameterDict keeps each entry in `_parameters` under its key: pinned in tests/tuners/base/test_layer.py)
+        # dict lookups, not Module.__getattr__: a mixed batch checks every adapter it names in every layer (a
+        # ParameterDict keeps each entry in `_parameters` under its key: pinned in tests/tuners/base/test_layer.py).
+        # Indexing, never `.get`: DeepSpeed ZeRO-3 gathers a partitioned parameter in `_parameters.__getitem__`.
         modules = self._modules
         for container_name in self.adapter_layer_names:
-            tensor = modules[container_name]._parameters.get(adapter_name)
-            if tensor is not None:
-                tensors[container_name[len(self.prefix):]] = tensor
+            parameters = modules[container_name]._parameters
+            if adapter_name in parameters:
+                tensors[container_name[len(self.prefix):]] = parameters[adapter_name]
         if not own_only:
             for (tensor, name), owner in self.shared_refs.items():
                 if name == adapter_name:
