@@ -479,7 +479,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             return out
         delta = F.linear(hidden, up_w[0], None if up_b is None else up_b[0]).to(h.dtype)
         delta = F.dropout(delta, settings.config.adapter_dropout, self.training)
-        return torch.add(h, delta, alpha=float(settings.config.scaling))
+        return torch.add(h, delta, alpha=scaling)
 
     def _mixed_forward(self, result, parallel_input, residual, routing: Routing, on_input: bool) -> torch.Tensor:
         """Every example through its own adapter (``adapter_names``), in one batched computation per wiring.
