@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from torch.nn.modules.module import _global_forward_hooks
 from transformers.pytorch_utils import Conv1D
 
 from ...activations import get_activation
@@ -411,20 +412,30 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         if any(s.on_input for s in self.settings.values()):
             x = self._adapt(x, x, None, routing, on_input=True)
         result = self.base_layer(x, *args, **kwargs)
+        source = x if tapped is None else tapped
         if isinstance(result, tuple):  # blocks that return (hidden states, extras): adapt the hidden states
-            return (self._adapt(result[0], x if tapped is None else tapped, residual, routing, on_input=False),
+            writable = not self._output_observed() and _writable(result[0], x, *args, *kwargs.values(), *result[1:])
+            return (self._adapt(result[0], source, residual, routing, on_input=False, writable=writable),
                     *result[1:])
-        return self._adapt(result, x if tapped is None else tapped, residual, routing, on_input=False)
+        writable = not self._output_observed() and _writable(result, x, *args, *kwargs.values())
+        return self._adapt(result, source, residual, routing, on_input=False, writable=writable)
 
-    def _adapt(self, h, parallel_input, residual, routing: Optional[Routing], on_input: bool) -> torch.Tensor:
-        """``h`` through the adapters on this side of the module (its input or its output)."""
+    def _output_observed(self) -> bool:
+        """Whether a forward hook may have kept the wrapped module's output (a user's, or a tool's capturing
+        activations): it must keep seeing the output as the module returned it, so the adapters copy it."""
+        return bool(_global_forward_hooks) or any(m._forward_hooks for m in self.base_layer.modules())
+
+    def _adapt(self, h, parallel_input, residual, routing: Optional[Routing], on_input: bool,
+               writable: bool = False) -> torch.Tensor:
+        """``h`` through the adapters on this side of the module (its input or its output); ``writable``: ``h``
+        may be updated in place (``_writable``)."""
         composition = self.routing_state.active_composition
         if composition is not None and not on_input:
             return self._composed(composition, h, parallel_input, residual, routing)
         active = self.active_adapters
         if routing is not None and routing.adapters is not None:
             if len(routing.adapters) > 1 or routing.adapters[0] == BASE_ROUTE:
-                return self._mixed_forward(h, parallel_input, residual, routing, on_input)
+                return self._mixed_forward(h, parallel_input, residual, routing, on_input, writable)
             # the whole batch names one adapter: the same computation as that adapter made active, no gather
             routing.check_rows(routing.adapter_codes.shape[0], h.shape[0])
             active = routing.adapters
@@ -432,13 +443,15 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         for adapter_name in active:  # several active adapters apply in turn (a Stack)
             settings = self.settings.get(adapter_name)
             if settings is not None and settings.on_input == on_input and not settings.is_fusion:
-                h = self._apply_adapter(adapter_name, h, parallel_input, residual, routing)
+                # each adapter's output is the next one's `h`: a fresh tensor, or `h` itself, so still writable
+                h = self._apply_adapter(adapter_name, h, parallel_input, residual, routing, writable)
                 last = settings
         if last is not None and not last.config.original_ln_after:
             h = self._skip_block_residual(h, residual, last, keep_own=None)
         return h
 
-    def _apply_adapter(self, adapter_name: str, h, parallel_input, residual, routing: Optional[Routing]) -> torch.Tensor:
+    def _apply_adapter(self, adapter_name: str, h, parallel_input, residual, routing: Optional[Routing],
+                       writable: bool = False) -> torch.Tensor:
         settings = self.settings[adapter_name]
         source = parallel_input if settings.config.is_parallel else h
         if settings.routes > 1 and (routing is None or routing.task_codes is None) and \
@@ -458,13 +471,14 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             return self._adapter(h, source, residual, settings, columns, settings.non_linearity, per_example=True,
                                  dropout=settings.config.adapter_dropout)
         if settings.simple:
-            return self._simple(adapter_name, h, source, settings)
+            return self._simple(adapter_name, h, source, settings, writable)
         columns = self.columns(adapter_name)
         return self._adapter(h, source, residual, settings, columns, settings.non_linearity, per_example=False,
                              dropout=settings.config.adapter_dropout)
 
-    def _simple(self, adapter_name: str, h, source, settings: AdapterSettings) -> torch.Tensor:
-        """The common case, ``h + s * up(f(down(source)))``, with the fixed scale folded into the add."""
+    def _simple(self, adapter_name: str, h, source, settings: AdapterSettings, writable: bool = False) -> torch.Tensor:
+        """The common case, ``h + s * up(f(down(source)))``, with the fixed scale folded into the add; onto ``h``
+        itself when it is ``writable``."""
         down_w, down_b, up_w, up_b = self.projections(adapter_name)
         source = self._cast_input_dtype(source, down_w.dtype)
         hidden = get_activation(settings.non_linearity)(F.linear(source, down_w[0], None if down_b is None else
@@ -472,16 +486,21 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         scaling = float(settings.config.scaling)
         if h.dtype == hidden.dtype == up_w.dtype and h.is_contiguous() and not (settings.config.adapter_dropout and
                                                                                 self.training):
-            # the up projection accumulates onto a copy of h: one pass over the output fewer than adding it after
-            out = h.clone(memory_format=torch.contiguous_format) if up_b is None else torch.add(h, up_b[0],
-                                                                                                  alpha=scaling)
+            # the up projection accumulates onto h (or a copy): one pass over the output fewer than adding it
+            # after, and no new output at all when h is ours to write
+            if writable:
+                out = h if up_b is None else h.add_(up_b[0], alpha=scaling)
+            else:
+                out = h.clone(memory_format=torch.contiguous_format) if up_b is None else torch.add(
+                    h, up_b[0], alpha=scaling)
             out.view(-1, out.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), up_w[0].t(), alpha=scaling)
             return out
         delta = F.linear(hidden, up_w[0], None if up_b is None else up_b[0]).to(h.dtype)
         delta = F.dropout(delta, settings.config.adapter_dropout, self.training)
         return torch.add(h, delta, alpha=scaling)
 
-    def _mixed_forward(self, result, parallel_input, residual, routing: Routing, on_input: bool) -> torch.Tensor:
+    def _mixed_forward(self, result, parallel_input, residual, routing: Routing, on_input: bool,
+                       writable: bool = False) -> torch.Tensor:
         """Every example through its own adapter (``adapter_names``), in one batched computation per wiring.
 
         Adapters wired differently (e.g. Houlsby and Pfeiffer, sequential and parallel) share a batch: each of the
@@ -495,12 +514,15 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         for name in present:  # the distinct adapters of the batch
             wirings.setdefault(self.settings[name].config.structure(), []).append(name)
         out, skipped = result, []
+        # `result` is read by every wiring and kept by the examples of none: written in place only when one wiring
+        # takes every example
+        writable = writable and len(wirings) == 1 and set(present) >= set(routing.adapters)
         for names in wirings.values():  # the few distinct wirings, never the adapters or examples
             settings = self.settings[names[0]]
             columns, activation = self._per_example_columns(routing, examples, names)
             source = parallel_input if settings.config.is_parallel else result
             wired = self._adapter(result, source, residual, settings, columns, activation, per_example=True,
-                                  dropout=0.0)
+                                  dropout=0.0, writable=writable)
             if set(names) >= set(routing.adapters):  # every example is this wiring's: nothing to keep from `out`
                 out = wired
             else:
@@ -616,9 +638,9 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
     # -- the adapter computation (AdapterHub's pre_forward / forward / post_forward) --------------------------
 
     def _adapter(self, h, source, residual, settings: AdapterSettings, columns: dict, activation, *,
-                 per_example: bool, dropout: float) -> torch.Tensor:
+                 per_example: bool, dropout: float, writable: bool = False) -> torch.Tensor:
         """The block output before the model's own residual / LayerNorm, for one adapter (``per_example``: one set
-        of weights per example, else one for the batch)."""
+        of weights per example, else one for the batch; ``writable``: ``h`` may be updated in place)."""
         config = settings.config
         layer_norm = self.context.layer_norm
         residual_after = h if config.residual_before_ln is True else None
@@ -635,7 +657,8 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             residual_after = adapter_input
         onto = (h if config.is_parallel else residual_after) if per_example and not config.ln_after else None
         if onto is not None and self._adds_onto(onto, h, columns, config, dropout):
-            return self._bottleneck(adapter_input, columns, activation, per_example, dropout, config, onto=onto)
+            return self._bottleneck(adapter_input, columns, activation, per_example, dropout, config, onto=onto,
+                                    onto_writable=writable and onto is h)
         delta = self._bottleneck(adapter_input, columns, activation, per_example, dropout, config).to(h.dtype)
         if config.is_parallel:
             return h + (self._norm(delta, columns, "ln_after", per_example) if config.ln_after else delta)
@@ -652,7 +675,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
                 and not config.use_gating and not (dropout and self.training))
 
     def _bottleneck(self, x, columns: dict, activation, per_example: bool, dropout: float, config,
-                    onto: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    onto: Optional[torch.Tensor] = None, onto_writable: bool = False) -> torch.Tensor:
         """``gate * dropout(s * up(f(down(LN_before(x)))))`` for every example (the columns may hold more than the
         config uses: a route table has the union of its adapters' tensors); ``onto + up(...)`` when ``onto`` is
         given (``_adds_onto``)."""
@@ -663,7 +686,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         z = _activate(z, activation)
         if onto is not None:
             if z.dtype == onto.dtype:
-                return _linear_onto(onto, z, columns["up_weight"], columns["up_bias"])
+                return _linear_onto(onto, z, columns["up_weight"], columns["up_bias"], in_place=onto_writable)
             return onto + _linear(z, columns["up_weight"], columns["up_bias"], per_example).to(onto.dtype)
         z = _linear(z, columns["up_weight"], columns["up_bias"], per_example)
         if "scale" in columns:  # not in a route table's columns: folded into up_weight there
@@ -748,12 +771,28 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     return out.reshape(*x.shape[:-1], weight.shape[1])
 
 
-def _linear_onto(onto: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def _linear_onto(onto: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                 in_place: bool = False) -> torch.Tensor:
     """``onto + x W^T + b`` with one weight per example, the matmul accumulating into the sum: one pass over the
-    output fewer than adding a finished projection."""
-    out = (onto + bias.view(bias.shape[0], *([1] * (onto.dim() - 2)), bias.shape[-1])).contiguous()
+    output fewer than adding a finished projection (and no new output when ``onto`` may be written: ``in_place``)."""
+    bias = bias.view(bias.shape[0], *([1] * (onto.dim() - 2)), bias.shape[-1])
+    out = onto.add_(bias) if in_place else (onto + bias).contiguous()
     out.view(x.shape[0], -1, weight.shape[1]).baddbmm_(x.reshape(x.shape[0], -1, x.shape[-1]), weight.transpose(1, 2))
     return out
+
+
+def _writable(output, *inputs) -> bool:
+    """Whether the adapters may update the wrapped module's output in place rather than copy it (one pass and one
+    allocation fewer per layer): only without gradients (no graph may have kept it for a backward), and only a
+    plain contiguous tensor with storage of its own, exactly its size, so neither a view into a longer-lived buffer
+    (a cache) nor anything the module was called with or returned beside it."""
+    if torch.is_grad_enabled() or type(output) is not torch.Tensor or not output.is_contiguous():
+        return False
+    storage = output.untyped_storage()
+    if storage.nbytes() != output.numel() * output.element_size():
+        return False
+    pointer = storage.data_ptr()
+    return not any(isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() == pointer for t in inputs)
 
 
 def _activate(z: torch.Tensor, activation) -> torch.Tensor:

@@ -206,3 +206,145 @@ def test_tensors_of_reads_what_the_parameter_dicts_hold():
     assert layer.tensors_of("default")["down_weight"] is container["default"]
     container["plain"] = torch.zeros(2)  # a plain tensor is stored as a Parameter under its key
     assert layer.tensors_of("plain")["down_weight"] is container["plain"]
+
+
+# -- writing onto the wrapped module's output (inference only) -----------------------------------------------------
+
+def _record_base_outputs(layer):
+    """The wrapped module's outputs, each with a copy taken as it returned, recorded by wrapping its ``forward``
+    (not by a hook: a forward hook is exactly what makes the adapters copy the output instead)."""
+    base, records = layer.base_layer, []
+    forward = base.forward
+
+    def recorded(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        records.append((out, out.clone()))
+        return out
+
+    base.forward = recorded
+    return records
+
+
+def _houlsby_bert(**config):
+    model = get_peft_model(tiny_model("bert"), BottleneckConfig(task_type="SEQ_CLS", init_weights=False, **config))
+    model.add_adapter("other", BottleneckConfig(task_type="SEQ_CLS", init_weights=False, **config))
+    return model.eval()
+
+
+def _first_adapted_layer(model):
+    return model.base_model.model.bert.encoder.layer[0].attention.output.dense
+
+
+def test_without_gradients_the_adapter_writes_onto_the_modules_own_output():
+    model = _houlsby_bert()
+    layer = _first_adapted_layer(model)
+    x = torch.randn(3, 6, layer.in_features)
+    with torch.enable_grad():
+        copied = layer(x)  # gradients on: the output is copied first
+    records = _record_base_outputs(layer)
+    with torch.inference_mode():
+        written = layer(x)
+    (base_out, base_copy), = records
+    assert written.data_ptr() == base_out.data_ptr()  # no new output
+    assert not torch.equal(base_copy, written)  # the adapter did change it
+    assert torch.equal(written, copied)  # the same arithmetic in the same order
+
+
+def test_with_gradients_the_modules_output_is_left_as_it_returned():
+    layer = _first_adapted_layer(_houlsby_bert())
+    records = _record_base_outputs(layer)
+    out = layer(torch.randn(3, 6, layer.in_features))
+    (base_out, base_copy), = records
+    assert out.data_ptr() != base_out.data_ptr() and torch.equal(base_out, base_copy)
+
+
+@pytest.mark.parametrize("where", ["on the module", "on every module"])
+def test_a_forward_hook_sees_the_modules_output_unchanged(where):
+    """A hook that keeps the wrapped module's output (activation capture) must keep what the module returned; we
+    rely on torch keeping global hooks in ``torch.nn.modules.module._global_forward_hooks``."""
+    layer = _first_adapted_layer(_houlsby_bert())
+    captured = []
+    keep = lambda module, args, output: captured.append((output, output.clone()))  # noqa: E731
+    if where == "on the module":
+        handle = layer.base_layer.register_forward_hook(keep)
+    else:
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, args, output: keep(module, args, output) if module is layer.base_layer else None)
+        assert torch.nn.modules.module._global_forward_hooks  # what the layer reads
+    try:
+        with torch.inference_mode():
+            out = layer(torch.randn(3, 6, layer.in_features))
+    finally:
+        handle.remove()
+    (kept, copy), = captured
+    assert torch.equal(kept, copy) and out.data_ptr() != kept.data_ptr()
+
+
+class _Passthrough(torch.nn.Linear):
+    """A projection whose output is its input: the adapter must not write onto the caller's tensor."""
+
+    def forward(self, x):
+        return x
+
+
+class _FromCache(torch.nn.Linear):
+    """A projection whose output is a slice of a buffer it keeps (as a cache would)."""
+
+    def __init__(self, features):
+        super().__init__(features, features)
+        self.register_buffer("cache", torch.randn(4, 3, 6, features))
+
+    def forward(self, x):
+        return self.cache[1]
+
+
+@pytest.mark.parametrize("module", [_Passthrough, _FromCache])
+def test_outputs_that_are_not_the_modules_own_are_copied(module):
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = module(8, 8) if module is _Passthrough else module(8)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    model = get_peft_model(Model(), BottleneckConfig(target_modules=["proj"], bottleneck_size=2,
+                                                     init_weights=False)).eval()
+    x = torch.randn(3, 6, 8)
+    x_copy = x.clone()
+    cache = model.base_model.model.proj.base_layer.cache.clone() if module is _FromCache else None
+    with torch.inference_mode():
+        out = model(x)
+    assert torch.equal(x, x_copy)
+    if cache is not None:
+        assert torch.equal(model.base_model.model.proj.base_layer.cache, cache)
+    assert not torch.equal(out, x if module is _Passthrough else cache[1])
+
+
+@pytest.mark.parametrize("names", [["default", "other", "other"], ["default", "__base__", "other"]])
+def test_mixed_batches_write_in_place_only_when_every_example_has_an_adapter(names):
+    model = _houlsby_bert()
+    inputs = tiny_inputs("bert")
+    layer = _first_adapted_layer(model)
+    with torch.inference_mode():
+        alone = [model(**{k: v[i:i + 1] for k, v in inputs.items()}, adapter_names=[n]).logits
+                 for i, n in enumerate(names)]
+        records = _record_base_outputs(layer)
+        mixed = model(**inputs, adapter_names=names).logits
+    torch.testing.assert_close(mixed, torch.cat(alone), rtol=1e-6, atol=1e-6)
+    (base_out, base_copy), = records
+    if "__base__" in names:  # the base rows keep the module's output: it is not written
+        assert torch.equal(base_out, base_copy)
+    else:
+        assert not torch.equal(base_out, base_copy)
+
+
+def test_a_stack_of_active_adapters_is_the_same_written_in_place():
+    model = _houlsby_bert()
+    model.base_model.set_adapter(["default", "other"])
+    inputs = tiny_inputs("bert")
+    with torch.no_grad():
+        written = model(**inputs).logits
+    with torch.enable_grad():
+        copied = model(**inputs).logits
+    assert torch.equal(written, copied.detach())
