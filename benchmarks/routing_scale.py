@@ -6,7 +6,8 @@
 For our Houlsby adapters (reduction factor 16) and PEFT LoRA with about the same parameters per adapter (r = 48 on
 query and value), each in its own process: adapters are added one by one up to each L in --loaded; at every L the
 forward of a batch whose examples use D distinct adapters (``adapter_names``, D in --distinct, D <= L) is timed
-(median of interleaved rounds; --repeats such runs) against the base model's forward in the same rounds, and the
+against the base model's forward side by side, round by round (which goes first alternates; a run's ratio is the
+median over its rounds of adapter time / base time in the same round; --repeats such runs), and the
 resident memory (Linux RSS) is taken against the process before any adapter was added. The time of each ``add_adapter`` is kept, so
 the cost of the first and of the last additions can be compared.
 """
@@ -25,7 +26,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import _status_kib, bert_base_config_kwargs  # noqa: E402
+from timing import _status_kib, bert_base_config_kwargs, paired_ratios, timed_rounds  # noqa: E402
 
 VARIANTS = ("ours", "lora")
 
@@ -76,17 +77,21 @@ def run_variant(args) -> dict:
             names = [f"a{i % distinct}" for i in range(args.batch_size)]
             first = timed_forward(model, batch, names)  # includes refreshing our route table after the adds
             runs = []
-            for _ in range(args.repeats):  # independent runs, each the median of its interleaved rounds
-                base_times, adapter_times = [], []
-                for _ in range(args.rounds):
-                    base_times.append(timed_forward(base, batch))
-                    adapter_times.append(timed_forward(model, batch, names))
-                runs.append((statistics.median(base_times), statistics.median(adapter_times)))
-            ratios = [adapter / base_s for base_s, adapter in runs]
+            for _ in range(args.repeats):  # independent runs, each the median of its rounds' paired ratios
+                times = timed_rounds({"base": lambda: timed_forward(base, batch),
+                                      "adapters": lambda: timed_forward(model, batch, names)}, args.rounds)
+                runs.append({"base_s": statistics.median(times["base"]),
+                             "adapter_s": statistics.median(times["adapters"]),
+                             "ratio": statistics.median(paired_ratios(times, "adapters", "base")),
+                             "ratio_of_medians": statistics.median(times["adapters"]) / statistics.median(
+                                 times["base"])})
+            ratios = [run["ratio"] for run in runs]
             rows.append({
                 "loaded": loaded, "distinct": distinct,
-                "base_s": statistics.median(b for b, _ in runs), "adapter_s": statistics.median(a for _, a in runs),
+                "base_s": statistics.median(r["base_s"] for r in runs),
+                "adapter_s": statistics.median(r["adapter_s"] for r in runs),
                 "ratio": statistics.median(ratios), "ratios": ratios,
+                "ratios_of_medians": [r["ratio_of_medians"] for r in runs],
                 "first_call_s": first,
                 "rss_mb": _status_kib("VmRSS") / 1024, "rss_base_mb": rss_base,
             })

@@ -5,7 +5,9 @@
 
 Part 1, the cost of routing (batch 8 x 128): the base model, one Houlsby adapter made active, the same adapter named
 for every example (``adapter_names=["a"] * 8``, which must cost what the active adapter costs: no gather) and a batch
-mixing two adapters and the base; timed in interleaved rounds, medians, ratios to the base of the same rounds.
+mixing two adapters and the base; each once per round, in an order that rotates from round to round. A variant's
+ratio is the median over rounds of its time over the base's in the same round (the machine drifts between rounds;
+side by side it cancels), with a 95% interval for that median; the ratio of the medians is kept as well.
 
 Part 2, threads (batch 4 x 64): one model holding two adapters, ours (Houlsby) or PEFT LoRA (r = 48 on query and
 value, about the same parameters), called from 1, 2 and 4 threads at once, each thread with its own
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import bert_base_config_kwargs, random_batch  # noqa: E402
+from timing import bert_base_config_kwargs, median_interval, paired_ratios, random_batch, timed_rounds  # noqa: E402,E501
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
 MIXES = [["a", "b", "__base__", "a"], ["b", "b", "a", "__base__"], ["__base__", "a", "b", "b"], ["a", "a", "a", "b"]]
@@ -74,17 +76,17 @@ def routing_cost(args) -> dict:
         "mixed: a, b and the base": lambda: forward(model, batch, adapter_names=(["a", "b", "__base__"] * size)[
             :size]),
     }
-    times = {name: [] for name in variants}
     for run in variants.values():
         run()  # warm-up
-    for _ in range(args.rounds):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    times = timed_rounds(variants, args.rounds)
     base = statistics.median(times["base"])
-    return {name: {"median_s": statistics.median(t), "ratio_to_base": statistics.median(t) / base}
-            for name, t in times.items()}
+    out = {}
+    for name, values in times.items():
+        ratios = paired_ratios(times, name, "base")
+        out[name] = {"median_s": statistics.median(values), "ratio_to_base": statistics.median(ratios),
+                     "ratio_interval_95": median_interval(ratios),
+                     "ratio_of_medians": statistics.median(values) / base, "seconds": values}
+    return out
 
 
 def threads(args) -> dict:
@@ -119,7 +121,7 @@ def threads(args) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--calls", type=int, default=20, help="calls per thread in part 2")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
@@ -129,9 +131,12 @@ def main(argv=None) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n")
-    print("| forward (batch 8) | median s | x base |\n|---|---|---|")
+    print(f"| forward (batch 8, {args.rounds} rounds) | median s | x base (median of rounds) | 95% interval | "
+          "ratio of medians |\n|---|---|---|---|---|")
     for name, row in result["routing_cost"].items():
-        print(f"| {name} | {row['median_s']:.4f} | {row['ratio_to_base']:.3f} |")
+        low, high = row["ratio_interval_95"]
+        print(f"| {name} | {row['median_s']:.4f} | {row['ratio_to_base']:.3f} | {low:.3f}-{high:.3f} | "
+              f"{row['ratio_of_medians']:.3f} |")
     print("\n| threads | calls | own route | calls / s |\n|---|---|---|---|")
     for name, row in result["threads"].items():
         print(f"| {name} | {row['calls']} | {row['correct']:.0%} | {row['calls_per_s']:.2f} |")

@@ -3,6 +3,7 @@ imports only torch and transformers)."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -99,3 +100,40 @@ def measure_forward(runs: dict, rounds: int) -> dict:
                 run()
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def timed_rounds(runs: dict, rounds: int) -> dict:
+    """Seconds of each zero-argument callable per round, every callable once per round, the order rotating from
+    round to round (so none always runs first, right after another's memory was freed)."""
+    names = list(runs)
+    times = {name: [] for name in names}
+    for index in range(rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratios(times: dict, name: str, base: str) -> list[float]:
+    """``name``'s seconds over ``base``'s, round by round: the two ran side by side, so the machine's drift between
+    rounds (here +-10% on the same forward) cancels out of each ratio."""
+    return [t / b for t, b in zip(times[name], times[base])]
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median: the order statistics whose ranks a Binomial(n, 1/2) puts
+    ``confidence`` between (n >= 6; else the range)."""
+    ordered, n = sorted(values), len(values)
+    if n < 6:
+        return ordered[0], ordered[-1]
+    cumulative, low = 0.0, 0
+    while True:  # the largest k with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2
+        step = math.comb(n, low) / 2 ** n
+        if cumulative + step > (1 - confidence) / 2:
+            break
+        cumulative += step
+        low += 1
+    low = max(low, 1)
+    return ordered[low - 1], ordered[n - low]
