@@ -29,6 +29,16 @@ ACTIVATIONS = {
 
 ALLOWED_NON_LINEARITIES = tuple(ACTIVATIONS)
 
+# the same, writing over their input (one allocation fewer): only for a tensor nothing else reads, and only without
+# gradients (their backward reads the input); the others have no in-place form
+IN_PLACE = {
+    "relu": F.relu_,
+    "silu": lambda x: F.silu(x, inplace=True),
+    "swish": lambda x: F.silu(x, inplace=True),
+    "tanh": torch.tanh_,
+    "identity": lambda x: x,
+}
+
 
 def check_non_linearity(value: str, field_name: str = "non_linearity") -> str:
     """Return the lower-cased name or raise a ValueError naming the field and the allowed values."""
@@ -37,5 +47,7 @@ def check_non_linearity(value: str, field_name: str = "non_linearity") -> str:
     return value.lower()
 
 
-def get_activation(name: str):
-    return ACTIVATIONS[check_non_linearity(name)]
+def get_activation(name: str, in_place: bool = False):
+    """The non-linearity ``name``; with ``in_place``, its form that overwrites its input where it has one."""
+    name = check_non_linearity(name)
+    return IN_PLACE.get(name, ACTIVATIONS[name]) if in_place else ACTIVATIONS[name]

@@ -481,8 +481,9 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         itself when it is ``writable``."""
         down_w, down_b, up_w, up_b = self.projections(adapter_name)
         source = self._cast_input_dtype(source, down_w.dtype)
-        hidden = get_activation(settings.non_linearity)(F.linear(source, down_w[0], None if down_b is None else
-                                                                 down_b[0]))
+        # the down projection's output is fresh: without gradients the activation may overwrite it
+        hidden = get_activation(settings.non_linearity, in_place=not torch.is_grad_enabled())(
+            F.linear(source, down_w[0], None if down_b is None else down_b[0]))
         scaling = float(settings.config.scaling)
         if h.dtype == hidden.dtype == up_w.dtype and h.is_contiguous() and not (settings.config.adapter_dropout and
                                                                                 self.training):
@@ -797,8 +798,8 @@ def _writable(output, *inputs) -> bool:
 
 def _activate(z: torch.Tensor, activation) -> torch.Tensor:
     """One activation for all, or (code per example, the names they index): at most a few distinct kinds."""
-    if isinstance(activation, str):
-        return get_activation(activation)(z)
+    if isinstance(activation, str):  # `z` is a projection's fresh output: overwritten when no backward reads it
+        return get_activation(activation, in_place=not torch.is_grad_enabled())(z)
     codes, names = activation
     out = z
     for code, kind in enumerate(names):  # the few allowed non-linearities, never the examples
