@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import bert_base_config_kwargs, median_interval, paired_ratios, random_batch, timed_rounds  # noqa: E402,E501
+from timing import (bert_base_config_kwargs, median_interval, paired_ratios, random_batch,  # noqa: E402
+                    timed_rounds)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
 MIXES = [["a", "b", "__base__", "a"], ["b", "b", "a", "__base__"], ["__base__", "a", "b", "b"], ["a", "a", "a", "b"]]

@@ -414,10 +414,10 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         result = self.base_layer(x, *args, **kwargs)
         source = x if tapped is None else tapped
         if isinstance(result, tuple):  # blocks that return (hidden states, extras): adapt the hidden states
-            writable = not self._output_observed() and _writable(result[0], x, *args, *kwargs.values(), *result[1:])
+            writable = _writable(result[0], x, *args, *kwargs.values(), *result[1:]) and not self._output_observed()
             return (self._adapt(result[0], source, residual, routing, on_input=False, writable=writable),
                     *result[1:])
-        writable = not self._output_observed() and _writable(result, x, *args, *kwargs.values())
+        writable = _writable(result, x, *args, *kwargs.values()) and not self._output_observed()
         return self._adapt(result, source, residual, routing, on_input=False, writable=writable)
 
     def _output_observed(self) -> bool:
