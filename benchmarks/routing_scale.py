@@ -80,11 +80,9 @@ def run_variant(args) -> dict:
             for _ in range(args.repeats):  # independent runs, each the median of its rounds' paired ratios
                 times = timed_rounds({"base": lambda: timed_forward(base, batch),
                                       "adapters": lambda: timed_forward(model, batch, names)}, args.rounds)
-                runs.append({"base_s": statistics.median(times["base"]),
-                             "adapter_s": statistics.median(times["adapters"]),
-                             "ratio": statistics.median(paired_ratios(times, "adapters", "base")),
-                             "ratio_of_medians": statistics.median(times["adapters"]) / statistics.median(
-                                 times["base"])})
+                base_s, adapter_s = statistics.median(times["base"]), statistics.median(times["adapters"])
+                runs.append({"base_s": base_s, "adapter_s": adapter_s, "ratio_of_medians": adapter_s / base_s,
+                             "ratio": statistics.median(paired_ratios(times, "adapters", "base"))})
             ratios = [run["ratio"] for run in runs]
             rows.append({
                 "loaded": loaded, "distinct": distinct,

@@ -90,15 +90,10 @@ def measure(models: dict, batch: dict, rounds: int) -> dict:
 
 def measure_forward(runs: dict, rounds: int) -> dict:
     """Median seconds of each zero-argument callable, timed in interleaved rounds after one warm-up each."""
-    times = {name: [] for name in runs}
     with torch.inference_mode():
         for run in runs.values():
             run()
-        for _ in range(rounds):
-            for name, run in runs.items():
-                start = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - start)
+        times = timed_rounds(runs, rounds)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
