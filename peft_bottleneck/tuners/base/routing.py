@@ -261,8 +261,9 @@ class RouteTable(_Rows):
     """Every adapter of one layer, stacked, for gathering per example at inference.
 
     An adapter's rows are rewritten only when its tensors changed (``stamp``); a new adapter is appended into spare
-    capacity (doubled when full). Keeping the table fresh costs, per forward, one stamp check for each adapter the
-    batch uses; a wider bottleneck or a new kind of column rebuilds it once.
+    capacity (grown by half when full). Spare rows are allocated but never written or read, so on CPU their pages are
+    never touched and cost no resident memory. Keeping the table fresh costs, per forward, one stamp check for each
+    adapter the batch uses; a wider bottleneck or a new kind of column rebuilds it once.
     """
 
     def __init__(self) -> None:
@@ -308,8 +309,12 @@ class RouteTable(_Rows):
         width = max(c["down_weight"].shape[1] for c in every.values())
         total = 1 + sum(c["down_weight"].shape[0] for c in every.values())
         shapes = {key: (value, _padded_shape(key, value, width)) for c in every.values() for key, value in c.items()}
-        self.tensors = {key: value.new_zeros((2 * total, *shape)) for key, (value, shape) in shapes.items()}
-        self.activation_codes = torch.zeros(2 * total, dtype=torch.long)
+        capacity = _capacity(total)
+        self.tensors = {key: value.new_empty((capacity, *shape)) for key, (value, shape) in shapes.items()}
+        with torch.no_grad():
+            for table in self.tensors.values():
+                table[0].zero_()  # the base route
+        self.activation_codes = torch.zeros(capacity, dtype=torch.long)
         for name, columns in every.items():
             self._write(name, columns, layer.settings[name].non_linearity)
             self.stamps[name] = layer.adapter_stamp(name)
@@ -334,10 +339,22 @@ class RouteTable(_Rows):
         capacity = self.tensors["down_weight"].shape[0]
         if self.used + routes <= capacity:
             return
-        grown = max(2 * capacity, self.used + routes)
-        self.tensors = {k: torch.cat([v, v.new_zeros((grown - capacity, *v.shape[1:]))]) for k, v in
-                        self.tensors.items()}
+        grown = _capacity(self.used + routes)
+        self.tensors = {k: _moved_rows(v, self.used, grown) for k, v in self.tensors.items()}
         self.activation_codes = torch.cat([self.activation_codes, torch.zeros(grown - capacity, dtype=torch.long)])
+
+
+def _capacity(rows: int) -> int:
+    """Rows to allocate for ``rows`` in use: half again as many, so appending one by one copies each row O(1) times."""
+    return rows + max(rows // 2, 1)
+
+
+def _moved_rows(table: torch.Tensor, used: int, capacity: int) -> torch.Tensor:
+    """``table``'s first ``used`` rows in a new allocation of ``capacity`` rows (the rest left unwritten)."""
+    grown = table.new_empty((capacity, *table.shape[1:]))
+    with torch.no_grad():
+        grown[:used].copy_(table[:used])
+    return grown
 
 
 class LiveRows(_Rows):

@@ -164,6 +164,40 @@ def test_one_wiring_batches_fold_each_adapters_scale_and_follow_its_changes():
         torch.testing.assert_close(mixed, alone, rtol=1e-5, atol=1e-5)
 
 
+def test_adapters_added_while_serving_grow_the_route_table_and_spare_rows_are_never_read():
+    """Adapters added one by one between mixed calls are appended to each layer's route table (grown when full,
+    earlier rows kept exactly); rows past the ones in use are never written or read (filled here with NaN)."""
+    from peft_bottleneck.tuners.base.layer import AdapterLayer
+    from peft_bottleneck.tuners.base.routing import _capacity
+
+    model = two_adapter_model("bert", bottleneck_size=3, non_linearity="tanh")
+    layers = [m for m in model.modules() if isinstance(m, AdapterLayer)]
+    inputs = tiny_inputs("bert", batch=4)
+    capacities = set()
+    for added in range(6):
+        if added:
+            model.add_adapter(f"late{added}", BottleneckConfig(task_type="SEQ_CLS", init_weights=False,
+                                                               bottleneck_size=2 + added % 3))
+            model.eval()
+        adapters = ["default", "other"] + [f"late{i}" for i in range(1, added + 1)]
+        names = [adapters[(added + i) % len(adapters)] for i in range(3)] + ["__base__"]
+        with torch.no_grad():
+            model(**inputs, adapter_names=names)  # brings the tables up to date
+            for layer in layers:
+                table = layer.route_table
+                assert table.tensors["down_weight"].shape[0] >= table.used
+                assert all(bool((tensor[0] == 0).all()) for tensor in table.tensors.values())  # the base route
+                for tensor in table.tensors.values():
+                    tensor[table.used:] = float("nan")
+            capacities.add(layers[0].route_table.tensors["down_weight"].shape[0])
+            mixed = model(**inputs, adapter_names=names).logits
+            alone = each_alone(model, inputs, names, lambda b: model(**b).logits)
+        assert torch.isfinite(mixed).all()
+        torch.testing.assert_close(mixed, alone, rtol=1e-5, atol=1e-5)
+    assert len(capacities) > 1  # the table grew at least once
+    assert _capacity(1) == 2 and _capacity(100) == 150
+
+
 def test_a_call_gathers_into_its_own_memory_reused_from_layer_to_layer():
     """Without gradients, every layer of a call gathers its examples' weights into the same per-call buffers (one
     per column and shape, not one per layer); another call has its own."""
