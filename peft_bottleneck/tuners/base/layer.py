@@ -622,7 +622,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         with_grad = torch.is_grad_enabled() and any(
             p.requires_grad for n in present for p in self.tensors_of(n).values())
         table = LiveRows(self, present) if with_grad else self.route_table
-        starts = table.rows(self, [n if n in present else BASE_ROUTE for n in routing.adapters])
+        starts, stacked = table.lookup(self, [n if n in present else BASE_ROUTE for n in routing.adapters])
         routes = torch.tensor([self.settings[n].routes if n in self.settings else 1 for n in routing.adapters])
         rows = starts[examples.cpu()]
         if bool((routes > 1).any()):
@@ -634,7 +634,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         # without gradients nothing keeps the gathered weights past this layer: gather into the call's own memory
         call = self.routing_state.current
         scratch = call.scratch if call is not None and not torch.is_grad_enabled() else None
-        return table.gather(rows, scratch), table.activation_of(rows)
+        return stacked.gather(rows, scratch), stacked.activation_of(rows)
 
     # -- the adapter computation (AdapterHub's pre_forward / forward / post_forward) --------------------------
 

@@ -14,6 +14,7 @@ adapters is one gather and two batched matmuls, with no Python loop over adapter
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar, copy_context
@@ -226,17 +227,15 @@ def stamp(tensors) -> tuple:
     return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
 
 
-class _Rows:
-    """Rows of stacked route weights: row 0 is the base route (all zeros), then each adapter's routes."""
+@dataclass(frozen=True)
+class StackedRows:
+    """Stacked route weights as one lookup found them: row 0 is the base route (all zeros), then each adapter's
+    routes. A call gathers from these tensors even if another thread grows or rebuilds the table meanwhile (that
+    makes new tensors; the rows a lookup returned are never moved within these)."""
 
-    def __init__(self) -> None:
-        self.tensors: dict[str, torch.Tensor] = {}
-        self.first_row: dict[str, int] = {}
-        self.route_count: dict[str, int] = {}
-        # distinct non-linearities and, per row, an index into them (the base route's zero weights give zero under
-        # any of them, so its code does not matter)
-        self.kinds: list[str] = []
-        self.activation_codes = torch.zeros(0, dtype=torch.long)
+    tensors: dict[str, torch.Tensor]
+    kinds: tuple[str, ...]
+    activation_codes: torch.Tensor
 
     def gather(self, rows: torch.Tensor, scratch: Optional[GatherScratch] = None) -> dict[str, torch.Tensor]:
         """Each row's weights: fresh tensors, or views of ``scratch`` (valid until the next gather into it)."""
@@ -249,7 +248,26 @@ class _Rows:
         """One name when every row shares a non-linearity, else (code per example, the names the codes index)."""
         if len(self.kinds) <= 1:
             return self.kinds[0] if self.kinds else "identity"
-        return self.activation_codes.to(rows.device)[rows], tuple(self.kinds)
+        return self.activation_codes.to(rows.device)[rows], self.kinds
+
+
+class _Rows:
+    """Builds stacked route weights (``StackedRows``) and knows where each adapter's routes start."""
+
+    def __init__(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.first_row: dict[str, int] = {}
+        self.route_count: dict[str, int] = {}
+        # distinct non-linearities and, per row, an index into them (the base route's zero weights give zero under
+        # any of them, so its code does not matter)
+        self.kinds: list[str] = []
+        self.activation_codes = torch.zeros(0, dtype=torch.long)
+
+    def stacked(self) -> StackedRows:
+        return StackedRows(self.tensors, tuple(self.kinds), self.activation_codes)
 
     def _code(self, activation: str) -> int:
         if activation not in self.kinds:
@@ -268,10 +286,27 @@ class RouteTable(_Rows):
 
     def __init__(self) -> None:
         super().__init__()
+        # concurrent calls may find the table stale at once (the first calls of a server, or after adapters were
+        # added): one of them brings it up to date while the others wait
+        self._lock = threading.Lock()
+
+    def _clear(self) -> None:
+        super()._clear()
         self.stamps: dict[str, tuple] = {}
         self.used = 1
 
-    def rows(self, layer, names: Sequence[str], refresh: bool = True) -> torch.Tensor:
+    def __getstate__(self) -> dict:  # a copy of the model starts with an empty table (rebuilt on its first use)
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def lookup(self, layer, names: Sequence[str]) -> tuple[torch.Tensor, StackedRows]:
+        """First row of each name and the stacked weights those rows index, up to date with the layer's adapters."""
+        with self._lock:
+            return self._rows(layer, names), self.stacked()
+
+    def _rows(self, layer, names: Sequence[str]) -> torch.Tensor:
         """First table row of each name (0, the base route, for BASE_ROUTE or an adapter this layer lacks)."""
         starts = []
         for name in names:  # the distinct adapters of the batch: a lookup and a stamp check each
@@ -302,8 +337,9 @@ class RouteTable(_Rows):
                 and self.route_count.get(name, routes) == routes)
 
     def rebuild(self, layer) -> None:
-        every = {name: layer.route_columns(name) for name, s in layer.settings.items() if not s.is_fusion}
-        self.__init__()
+        # list(): a snapshot taken at once, though another thread may be adding an adapter to the layer
+        every = {name: layer.route_columns(name) for name, s in list(layer.settings.items()) if not s.is_fusion}
+        self._clear()
         if not every:
             return
         width = max(c["down_weight"].shape[1] for c in every.values())
@@ -327,13 +363,14 @@ class RouteTable(_Rows):
             self.used += routes
         start = self.first_row[name]
         self.activation_codes[start:start + routes] = self._code(activation)
-        with torch.no_grad():
+        width = self.tensors["down_weight"].shape[1]
+        with torch.no_grad():  # one copy per block (no zeroing first): a concurrent reader sees old or new values
             for key, table in self.tensors.items():
                 block = table[start:start + routes]
-                block.zero_()
                 if key in columns:
-                    value = columns[key]
-                    block[tuple(slice(0, n) for n in value.shape)].copy_(value)
+                    block.copy_(_pad_column(key, columns[key], width))
+                else:
+                    block.zero_()
 
     def _reserve(self, routes: int) -> None:
         capacity = self.tensors["down_weight"].shape[0]
@@ -383,8 +420,8 @@ class LiveRows(_Rows):
             self.tensors[key] = torch.cat(parts)
         self.activation_codes = torch.tensor(codes, dtype=torch.long)
 
-    def rows(self, layer, names: Sequence[str], refresh: bool = True) -> torch.Tensor:
-        return torch.tensor([self.first_row.get(n, 0) for n in names], dtype=torch.long)
+    def lookup(self, layer, names: Sequence[str]) -> tuple[torch.Tensor, StackedRows]:
+        return torch.tensor([self.first_row.get(n, 0) for n in names], dtype=torch.long), self.stacked()
 
 
 def _padded_shape(key: str, value: torch.Tensor, width: int) -> tuple[int, ...]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,9 +31,13 @@ def two_adapter_model(model_type: str = "bert"):
 
 
 def hammer(work, threads: int = THREADS):
-    """Run ``work(thread_index)`` in ``threads`` threads at once (started together) and collect every failure."""
+    """Run ``work(thread_index)`` in ``threads`` threads at once (started together) and collect every failure.
+    The interpreter switches threads every few microseconds meanwhile (not every 5 ms), so that races between
+    Python-level steps show up in a short test."""
     barrier = threading.Barrier(threads)
     failures = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
 
     def run(index):
         barrier.wait()
@@ -44,8 +49,11 @@ def hammer(work, threads: int = THREADS):
     pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
     for thread in pool:
         thread.start()
-    for thread in pool:
-        thread.join()
+    try:
+        for thread in pool:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
     assert not failures, failures[:3]
 
 
@@ -69,6 +77,61 @@ def test_threads_with_their_own_adapter_names_get_their_own_outputs():
 
     hammer(work)
     assert not wrong, f"{len(wrong)} of {THREADS * CALLS} calls got another call's route"
+
+
+def test_first_calls_of_threads_on_a_fresh_model_route_right():
+    """A server's first requests arrive together: every thread finds the layers' route tables empty at once, one
+    builds each table while the others wait, and no call gathers from a table being built."""
+    inputs = tiny_inputs("bert")
+    for _ in range(3):  # fresh models: the race is at the first calls
+        model = two_adapter_model()
+        reference = copy.deepcopy(model)  # a copy starts with empty route tables of its own
+        with torch.no_grad():
+            alone = [reference(**inputs, adapter_names=route).logits for route in ROUTES]
+        wrong = []
+
+        def work(index):
+            for _ in range(5):
+                with torch.no_grad():
+                    if not torch.equal(model(**inputs, adapter_names=ROUTES[index]).logits, alone[index]):
+                        wrong.append(index)
+
+        hammer(work)
+        assert not wrong, f"{len(wrong)} of {THREADS * 5} calls differ from the same call made alone"
+
+
+def test_threads_keep_their_routes_while_adapters_are_added_and_used():
+    """Adapters added while threads serve (wider, with another activation: each layer's route table is rebuilt when
+    a call first names one) never change what the other calls compute."""
+    model = two_adapter_model()
+    inputs = tiny_inputs("bert")
+    with torch.no_grad():
+        alone = [model(**inputs, adapter_names=route).logits for route in ROUTES]
+    wrong, added = [], []
+
+    def work(index):
+        if index == THREADS:  # the extra thread adds adapters and calls each new one in a mixed batch
+            for k in range(4):
+                name = f"late{k}"
+                model.add_adapter(name, pb.BottleneckConfig(init_weights=False, task_type="SEQ_CLS",
+                                                            bottleneck_size=8 + 4 * k, non_linearity="tanh"))
+                with torch.no_grad():
+                    added.append((name, model(**inputs, adapter_names=[name, "a", pb.BASE_ROUTE]).logits))
+            return
+        for _ in range(CALLS):
+            with torch.no_grad():
+                out = model(**inputs, adapter_names=ROUTES[index]).logits
+            # a wider table pads the bottleneck with zeros, which may change the last bits of a sum; another route's
+            # output differs by orders of magnitude more
+            if not torch.allclose(out, alone[index], rtol=1e-5, atol=1e-6):
+                wrong.append(index)
+
+    hammer(work, threads=THREADS + 1)
+    assert not wrong, f"{len(wrong)} of {THREADS * CALLS} calls differ from the same call made alone"
+    assert len(added) == 4
+    with torch.no_grad():
+        for name, out in added:  # the calls naming the new adapters were right too
+            torch.testing.assert_close(out, model(**inputs, adapter_names=[name, "a", pb.BASE_ROUTE]).logits)
 
 
 def test_threads_with_their_own_tasks_get_their_own_outputs():
