@@ -293,3 +293,21 @@ def test_fused_up_projection_on_a_non_contiguous_module_output():
         mixed = layer._adapt(h, h, None, routing, on_input=False)
     torch.testing.assert_close(active, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(mixed, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "llama"])
+def test_a_batch_naming_one_adapter_runs_as_that_adapter_made_active(model_type):
+    """No gather: the route tables are never built, and the output is bit for bit the active adapter's."""
+    from peft_bottleneck.tuners.base.layer import AdapterLayer
+
+    model = two_adapter_model(model_type, bottleneck_size=3, non_linearity="tanh")
+    inputs = tiny_inputs(model_type, batch=3)
+    with torch.no_grad():
+        named = model(**inputs, adapter_names=["other"] * 3).logits
+        model.set_adapter("other")
+        active = model(**inputs).logits
+        model.set_adapter("default")
+        default = model(**inputs).logits
+    assert torch.equal(named, active) and not torch.allclose(named, default)
+    layers = [m for m in model.modules() if isinstance(m, AdapterLayer)]
+    assert layers and all(not layer.route_table.tensors for layer in layers)
