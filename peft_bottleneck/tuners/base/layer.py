@@ -184,7 +184,9 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         # shared tensors registered in another layer: (tensor name, adapter) -> that layer (looked up on use, so a
         # cast or move that replaces the tensor there is seen here too)
         self.__dict__["shared_refs"] = {}
-        self.__dict__["route_table"] = RouteTable()
+        # one table per side: adapters on the module's input see its input features, those on its output its output
+        self.__dict__["route_table"] = RouteTable(on_input=False)
+        self.__dict__["input_route_table"] = RouteTable(on_input=True)
         self.__dict__["context"] = context or BlockContext()
         self.__dict__["routing_state"] = routing_state or RoutingState()
         self._disable_adapters = False
@@ -375,18 +377,19 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         projections = settings.kind.projections(tensors)
         reference = projections.down_weight
         routes = reference.shape[0]
+        out = projections.up_weight.shape[1]  # the output's features, or the input's for an adapter on the input
         columns = {
             "down_weight": projections.down_weight,
             "down_bias": projections.down_bias if projections.down_bias is not None else reference.new_zeros(
                 routes, projections.width),
             "up_weight": projections.up_weight,
             "up_bias": projections.up_bias if projections.up_bias is not None else reference.new_zeros(
-                routes, self.out_features),
+                routes, out),
         }
         scale = tensors.get("scale")
         if scale is None:
             scale = reference.new_full((routes, 1), float(settings.config.scaling))
-        columns["scale"] = (scale.unsqueeze(-1) if scale.dim() == 1 else scale).expand(routes, self.out_features)
+        columns["scale"] = (scale.unsqueeze(-1) if scale.dim() == 1 else scale).expand(routes, out)
         for extra in EXTRA_TENSORS[1:]:
             if extra in tensors:
                 columns[extra] = tensors[extra]
@@ -621,7 +624,8 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         adapters stacked afresh), and its activation."""
         with_grad = torch.is_grad_enabled() and any(
             p.requires_grad for n in present for p in self.tensors_of(n).values())
-        table = LiveRows(self, present) if with_grad else self.route_table
+        on_input = self.settings[present[0]].on_input  # `present` holds the adapters of one side
+        table = LiveRows(self, present) if with_grad else self.input_route_table if on_input else self.route_table
         starts, stacked = table.lookup(self, [n if n in present else BASE_ROUTE for n in routing.adapters])
         routes = torch.tensor([self.settings[n].routes if n in self.settings else 1 for n in routing.adapters])
         rows = starts[examples.cpu()]

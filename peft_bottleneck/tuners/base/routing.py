@@ -284,8 +284,9 @@ class RouteTable(_Rows):
     adapter the batch uses; a wider bottleneck or a new kind of column rebuilds it once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_input: bool = False) -> None:
         super().__init__()
+        self.on_input = on_input  # the side of the module whose adapters this table holds
         # concurrent calls may find the table stale at once (the first calls of a server, or after adapters were
         # added): one of them brings it up to date while the others wait
         self._lock = threading.Lock()
@@ -296,10 +297,10 @@ class RouteTable(_Rows):
         self.used = 1
 
     def __getstate__(self) -> dict:  # a copy of the model starts with an empty table (rebuilt on its first use)
-        return {}
+        return {"on_input": self.on_input}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__()
+        self.__init__(state["on_input"])
 
     def lookup(self, layer, names: Sequence[str]) -> tuple[torch.Tensor, StackedRows]:
         """First row of each name and the stacked weights those rows index, up to date with the layer's adapters."""
@@ -338,7 +339,8 @@ class RouteTable(_Rows):
 
     def rebuild(self, layer) -> None:
         # list(): a snapshot taken at once, though another thread may be adding an adapter to the layer
-        every = {name: layer.route_columns(name) for name, s in list(layer.settings.items()) if not s.is_fusion}
+        every = {name: layer.route_columns(name) for name, s in list(layer.settings.items())
+                 if not s.is_fusion and s.on_input == self.on_input}
         self._clear()
         if not every:
             return

@@ -311,3 +311,26 @@ def test_a_batch_naming_one_adapter_runs_as_that_adapter_made_active(model_type)
     assert torch.equal(named, active) and not torch.allclose(named, default)
     layers = [m for m in model.modules() if isinstance(m, AdapterLayer)]
     assert layers and all(not layer.route_table.tensors for layer in layers)
+
+
+def test_adapters_on_a_modules_input_and_output_share_a_mixed_batch():
+    """An adapter on ``output.dense``'s input (its 4x wider intermediate features) and one on its output route in one
+    batch: each side gathers from a table of its own, sized to its own features."""
+    model = get_peft_model(tiny_model("bert"), BottleneckConfig(task_type="SEQ_CLS", init_weights=False,
+                                                                target_modules=["output.dense"]), adapter_name="out")
+    model.add_adapter("in", BottleneckConfig(task_type="SEQ_CLS", init_weights=False, target_modules=["output.dense"],
+                                             input_modules=["output.dense"], scaling="channel"))
+    model.eval()
+    names = ["out", "in", "__base__", "in"]
+    inputs = tiny_inputs("bert", batch=len(names))
+    with torch.no_grad():
+        mixed = model(**inputs, adapter_names=names).logits
+        with model.disable_adapter():
+            base = model(**inputs).logits
+        rows = []
+        for i, name in enumerate(names):
+            model.set_adapter("out" if name == "__base__" else name)
+            row = model(**{k: v[i : i + 1] for k, v in inputs.items()}).logits
+            rows.append(base[i : i + 1] if name == "__base__" else row)
+    torch.testing.assert_close(mixed, torch.cat(rows), rtol=1e-5, atol=1e-5)
+    assert [bool((m - b).abs().max() > 1e-4) for m, b in zip(mixed, base)] == [True, True, False, True]
