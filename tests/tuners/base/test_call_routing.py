@@ -57,6 +57,21 @@ def hammer(work, threads: int = THREADS):
     assert not failures, failures[:3]
 
 
+def assert_calls_match(call, alone, calls: int = CALLS) -> None:
+    """``THREADS`` threads at once, each making ``calls`` calls ``call(index)`` without gradients: every output must
+    equal ``alone[index]``, the same call made alone."""
+    wrong = []
+
+    def work(index):
+        for _ in range(calls):
+            with torch.no_grad():
+                if not torch.equal(call(index), alone[index]):
+                    wrong.append(index)
+
+    hammer(work)
+    assert not wrong, f"{len(wrong)} of {THREADS * calls} calls differ from the same call made alone"
+
+
 ROUTES = [["a", "a", "a"], ["b", "b", "b"], [pb.BASE_ROUTE] * 3, ["a", "b", pb.BASE_ROUTE], ["b", "a", "a"],
           [pb.BASE_ROUTE, "b", "a"], ["a", pb.BASE_ROUTE, "a"], ["b", "b", pb.BASE_ROUTE]]
 
@@ -66,17 +81,7 @@ def test_threads_with_their_own_adapter_names_get_their_own_outputs():
     inputs = tiny_inputs("bert")
     with torch.no_grad():
         alone = [model(**inputs, adapter_names=route).logits for route in ROUTES]
-    wrong = []
-
-    def work(index):
-        for _ in range(CALLS):
-            with torch.no_grad():
-                out = model(**inputs, adapter_names=ROUTES[index]).logits
-            if not torch.equal(out, alone[index]):
-                wrong.append(index)
-
-    hammer(work)
-    assert not wrong, f"{len(wrong)} of {THREADS * CALLS} calls got another call's route"
+    assert_calls_match(lambda index: model(**inputs, adapter_names=ROUTES[index]).logits, alone)
 
 
 def test_first_calls_of_threads_on_a_fresh_model_route_right():
@@ -88,16 +93,7 @@ def test_first_calls_of_threads_on_a_fresh_model_route_right():
         reference = copy.deepcopy(model)  # a copy starts with empty route tables of its own
         with torch.no_grad():
             alone = [reference(**inputs, adapter_names=route).logits for route in ROUTES]
-        wrong = []
-
-        def work(index):
-            for _ in range(5):
-                with torch.no_grad():
-                    if not torch.equal(model(**inputs, adapter_names=ROUTES[index]).logits, alone[index]):
-                        wrong.append(index)
-
-        hammer(work)
-        assert not wrong, f"{len(wrong)} of {THREADS * 5} calls differ from the same call made alone"
+        assert_calls_match(lambda index: model(**inputs, adapter_names=ROUTES[index]).logits, alone, calls=5)
 
 
 def test_threads_keep_their_routes_while_adapters_are_added_and_used():
@@ -144,16 +140,7 @@ def test_threads_with_their_own_tasks_get_their_own_outputs():
               "t2"]
     with torch.no_grad():
         alone = [model(**inputs, task=route).logits for route in routes]
-    wrong = []
-
-    def work(index):
-        for _ in range(CALLS):
-            with torch.no_grad():
-                if not torch.equal(model(**inputs, task=routes[index]).logits, alone[index]):
-                    wrong.append(index)
-
-    hammer(work)
-    assert not wrong, f"{len(wrong)} of {THREADS * CALLS} calls got another call's route"
+    assert_calls_match(lambda index: model(**inputs, task=routes[index]).logits, alone)
 
 
 def test_threads_with_their_own_composition_get_their_own_outputs():
@@ -199,17 +186,7 @@ def test_threads_generating_with_their_own_adapter_names(beams):
     with torch.no_grad():
         alone = [model.generate(input_ids=ids, adapter_names=r, **settings) for r in routes]
     assert not all(torch.equal(alone[0], a) for a in alone[1:])
-    wrong = []
-
-    def work(index):
-        for _ in range(CALLS):
-            with torch.no_grad():
-                if not torch.equal(model.generate(input_ids=ids, adapter_names=routes[index], **settings),
-                                   alone[index]):
-                    wrong.append(index)
-
-    hammer(work)
-    assert not wrong
+    assert_calls_match(lambda index: model.generate(input_ids=ids, adapter_names=routes[index], **settings), alone)
 
 
 def test_asyncio_tasks_in_a_thread_pool_and_on_one_loop():
